@@ -1,0 +1,33 @@
+"""Cross-image attention (Alaluf et al. 2024, eq. 2): the output's queries attend to the
+appearance image's keys and values, Attn(Q_out, K_app, V_app) = softmax(Q_out K_app^T / sqrt(d)) V_app.
+
+The model batch holds, per conditioning chunk, the output rows followed by the appearance
+rows: [out_0 .. out_{n_out-1}, app_0 .. app_{n_app-1}] repeated for cond/uncond chunks.
+"""
+from typing import Callable
+
+import torch
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def key_value_sources(rows: int, n_outputs: int, n_appearances: int) -> torch.Tensor:
+    """For each row of the model batch, the row whose keys and values it attends to.
+
+    Output row j of a chunk takes appearance row j % n_appearances of the same chunk (one
+    appearance for all outputs, or one each); appearance rows keep their own."""
+    per_chunk = n_outputs + n_appearances
+    if rows % per_chunk:
+        raise ValueError(f"batch of {rows} rows is not a multiple of {n_outputs} outputs + "
+                         f"{n_appearances} appearances")
+    sources = torch.arange(rows)
+    for start in range(0, rows, per_chunk):
+        sources[start:start + n_outputs] = start + n_outputs + torch.arange(n_outputs) % n_appearances
+    return sources
+
+
+def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sources: torch.Tensor,
+                          attention: Attention) -> torch.Tensor:
+    """Attention where row r uses the keys and values of row sources[r] (eq. 2)."""
+    sources = sources.to(k.device)
+    return attention(q, k.index_select(0, sources), v.index_select(0, sources))

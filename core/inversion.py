@@ -1,0 +1,67 @@
+"""The result of inverting a latent: its whole noising trajectory, in sampling order."""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Inversion:
+    """An inverted latent batch.
+
+    sigmas:     (n + 1,) the sampling schedule, descending; sigmas[-1] is the clean end.
+    trajectory: (n + 1, B, C, H, W) trajectory[i] is the latent at sigmas[i], in the
+                model's own latent space (after ComfyUI's process_latent_in);
+                trajectory[-1] is the inverted (clean) latent, trajectory[0] the noisiest.
+    model_key:  identifies the kind of model that made it; sampling checks it.
+    method:     "ddim".
+    """
+
+    sigmas: torch.Tensor
+    trajectory: torch.Tensor
+    model_key: str
+    method: str = "ddim"
+
+    def __post_init__(self):
+        if self.sigmas.ndim != 1 or self.trajectory.ndim < 3:
+            raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, ...)")
+        if self.trajectory.shape[0] != self.sigmas.shape[0]:
+            raise ValueError(
+                f"inversion: {self.trajectory.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
+
+    def __deepcopy__(self, memo):
+        # Immutable: ComfyUI deep-copies model options on every clone; share, don't copy.
+        return self
+
+    @property
+    def steps(self) -> int:
+        return self.sigmas.shape[0] - 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.trajectory.shape[1]
+
+    @property
+    def noisy(self) -> torch.Tensor:
+        """The latent sampling starts from (at sigmas[0])."""
+        return self.trajectory[0]
+
+    @property
+    def clean(self) -> torch.Tensor:
+        return self.trajectory[-1]
+
+    def check_pairs_with(self, other: "Inversion", name: str, other_name: str) -> None:
+        """Raise a ValueError naming both inputs unless the two can be sampled together."""
+        if self.model_key != other.model_key:
+            raise ValueError(f"{name} and {other_name} were inverted with different models")
+        if self.trajectory.shape[2:] != other.trajectory.shape[2:]:
+            raise ValueError(
+                f"{name} latent is {tuple(self.trajectory.shape[2:])} but {other_name} latent is "
+                f"{tuple(other.trajectory.shape[2:])}: encode both images at the same size")
+        if self.sigmas.shape != other.sigmas.shape or not torch.allclose(self.sigmas, other.sigmas):
+            raise ValueError(
+                f"{name} and {other_name} were inverted with different schedules "
+                f"({self.steps} vs {other.steps} steps or another scheduler): use the same steps and scheduler")
+        if other.batch_size not in (1, self.batch_size):
+            raise ValueError(
+                f"{other_name} batch of {other.batch_size} does not fit {name} batch of "
+                f"{self.batch_size}: use one {other_name} image or one per {name} image")

@@ -1,0 +1,19 @@
+"""ComfyUI node classes of the pack, registered by the package's __init__."""
+from .adain_image import CrossImageAdaINImage
+from .cross_image_attention import CrossImageAttention
+from .invert_ddim import CrossImageInvertDDIM
+from .sampler import CrossImageSampler
+
+NODE_CLASS_MAPPINGS = {
+    "CrossImageInvertDDIM": CrossImageInvertDDIM,
+    "CrossImageAttention": CrossImageAttention,
+    "CrossImageSampler": CrossImageSampler,
+    "CrossImageAdaINImage": CrossImageAdaINImage,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CrossImageInvertDDIM": "Invert (DDIM)",
+    "CrossImageAttention": "Cross-Image Attention",
+    "CrossImageSampler": "Cross-Image Sampler",
+    "CrossImageAdaINImage": "AdaIN (Image)",
+}

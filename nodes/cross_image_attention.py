@@ -1,0 +1,66 @@
+"""Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
+looks at the appearance image's keys and values."""
+from ..core.inversion import Inversion
+from .attention_patch import SETTINGS_KEY, CrossImageSelfAttention, CrossImageSettings
+from .inversion_type import CATEGORY, INVERSION
+from .model_info import decoder_attention_levels, model_key
+
+
+def parse_levels(text: str, available: int) -> tuple:
+    """'0,1' -> (0, 1), checked against the model's number of decoder attention levels."""
+    try:
+        levels = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
+    except ValueError:
+        raise ValueError(f"levels: expected comma-separated level numbers like '0,1', got {text!r}") from None
+    if not levels:
+        raise ValueError("levels: choose at least one decoder level, e.g. '0,1'")
+    bad = [level for level in levels if not 0 <= level < available]
+    if bad:
+        raise ValueError(f"levels: this model's decoder has attention at {available} resolution levels "
+                         f"(0 = finest .. {available - 1}); {bad} do not exist")
+    return levels
+
+
+class CrossImageAttention:
+    DESCRIPTION = ("Cross-image attention (Alaluf et al. 2024): in the chosen decoder levels and "
+                   "steps, the output's self-attention uses its own queries with the appearance "
+                   "image's keys and values, so the structure is painted with the appearance. "
+                   "Returns a patched copy; the input MODEL is not changed. Sample it with "
+                   "Cross-Image Sampler.")
+    CATEGORY = CATEGORY
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A patched clone of the model; use it in Cross-Image Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model the inversions were made with."}),
+                "appearance": (INVERSION, {"tooltip": "Inversion of the appearance image (colours, textures, materials to transfer)."}),
+                "levels": ("STRING", {"default": "0,1",
+                                      "tooltip": "Decoder resolution levels to swap, 0 = finest. The paper swaps the two finest ('0,1'); adding coarser levels transfers more appearance but loses more structure."}),
+                "start": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Fraction of the denoising steps after which the swap starts (paper: step 10 of 68, 0.15). Earlier starts take more appearance, risking the structure."}),
+                "end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."}),
+            },
+        }
+
+    def patch(self, model, appearance, levels, start, end):
+        if not isinstance(appearance, Inversion):
+            raise ValueError(f"appearance: expected an inversion from an Invert node, got {type(appearance).__name__}")
+        if appearance.model_key != model_key(model):
+            raise ValueError("appearance: this inversion was made with a different model; invert with the same model")
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
+        layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
+        chosen = parse_levels(levels, len(layers))
+        patched = model.clone()
+        attention = CrossImageSelfAttention(start, end)
+        for level in chosen:
+            for block_id, index in layers[level]:
+                patched.set_model_attn1_replace(attention, "output", block_id, index)
+        patched.model_options["transformer_options"][SETTINGS_KEY] = CrossImageSettings(
+            appearance=appearance, levels=chosen, start=start, end=end)
+        return (patched,)

@@ -1,0 +1,41 @@
+"""What a ComfyUI MODEL is: an identity key for inversions, and its decoder attention layers."""
+import hashlib
+import json
+
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+
+def model_key(model) -> str:
+    """Identifies the model family and configuration (not the exact weights): the class,
+    the UNet configuration and the noise schedule. Inversions remember it so that sampling
+    with a different kind of model fails with a clear error."""
+    base = model.model
+    sampling = model.get_model_object("model_sampling")
+    sigmas = getattr(sampling, "sigmas", None)
+    description = {
+        "model": type(base).__name__,
+        "sampling": type(sampling).__name__,
+        "unet": {k: repr(v) for k, v in sorted(base.model_config.unet_config.items())},
+        "sigmas": [round(float(s), 5) for s in sigmas[::50]] if sigmas is not None else None,
+    }
+    digest = hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{type(base).__name__}:{digest}"
+
+
+def decoder_attention_levels(diffusion_model) -> list:
+    """The UNet decoder's self-attention layers grouped by resolution level, finest first.
+
+    Level 0 is the finest decoder resolution that has attention (latent/1 on SD1.5,
+    latent/2 on SDXL). Each level is a list of (output block id, transformer index) keys
+    as ComfyUI's attn1 replace patches use them. Found from the module tree, so it does not
+    depend on block numbers or image sizes."""
+    factor = sum(isinstance(m, Downsample) for block in diffusion_model.input_blocks for m in block)
+    by_factor = {}
+    for block_id, block in enumerate(diffusion_model.output_blocks):
+        for module in block:
+            if isinstance(module, SpatialTransformer):
+                keys = by_factor.setdefault(factor, [])
+                keys += [(block_id, index) for index in range(len(module.transformer_blocks))]
+        factor -= sum(isinstance(m, Upsample) for m in block)
+    return [by_factor[f] for f in sorted(by_factor)]

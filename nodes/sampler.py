@@ -1,0 +1,55 @@
+"""Cross-Image Sampler: denoise the structure's inverted latent with ComfyUI's samplers,
+the appearance latent alongside it in the same batch so the patched attention can see it."""
+import comfy.samplers
+import torch
+
+from ..core.inversion import Inversion
+from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout
+from .guided_sampling import make_guider, run_sampler
+from .inversion_type import CATEGORY, INVERSION
+from .model_info import model_key
+
+
+class CrossImageSampler:
+    DESCRIPTION = ("Samples the output from the structure image's inversion. With a model from "
+                   "Cross-Image Attention, the appearance image is denoised in the same batch "
+                   "and lends its keys and values; with a plain model this reconstructs the "
+                   "structure image. Decode the result with VAE Decode.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The output latent, one per structure image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A model from Cross-Image Attention (or a plain model to reconstruct the structure)."}),
+                "positive": ("CONDITIONING", {"tooltip": "The prompt, the same one the images were inverted with."}),
+                "structure": (INVERSION, {"tooltip": "Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."}),
+                "sampler_name": (comfy.samplers.SAMPLER_NAMES, {"default": "euler",
+                                 "tooltip": "ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; stochastic samplers drift away from it."}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
+            },
+        }
+
+    def sample(self, model, positive, structure, sampler_name, cfg, negative=None):
+        if not isinstance(structure, Inversion):
+            raise ValueError(f"structure: expected an inversion from an Invert node, got {type(structure).__name__}")
+        if structure.model_key != model_key(model):
+            raise ValueError("structure: this inversion was made with a different model; invert with the same model")
+        start = structure.noisy
+        settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
+        if settings is not None:
+            structure.check_pairs_with(settings.appearance, "structure", "appearance")
+            start = torch.cat([start, settings.appearance.noisy])
+            model = model.clone()
+            model.model_options["transformer_options"][LAYOUT_KEY] = BatchLayout(
+                structure.batch_size, settings.appearance.batch_size)
+        guider = make_guider(model, positive, negative, cfg)
+        samples = run_sampler(guider, comfy.samplers.sampler_object(sampler_name), structure.sigmas, start)
+        return ({"samples": samples[:structure.batch_size]},)
