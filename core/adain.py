@@ -19,21 +19,23 @@ def masked_mean_std(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, content_mask: Optional[torch.Tensor] = None,
-          style_mask: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
+          style_mask: Optional[torch.Tensor] = None, eps: float = 1e-5,
+          mask_names: Tuple[str, str] = ("content_mask", "style_mask")) -> torch.Tensor:
     """Give `content` (B, C, *spatial) the per-channel statistics of `style` (B or 1, C, *spatial').
 
     Masks (B or 1, *spatial) in [0, 1] weight the statistics; the content mask also blends
-    the change, so content outside it is returned untouched."""
+    the change, so content outside it is returned untouched. Errors name the masks by
+    `mask_names` (the caller's input names)."""
     b, c = content.shape[:2]
     if style.shape[0] not in (1, b) or style.shape[1] != c:
         raise ValueError(f"style: shape {tuple(style.shape)} does not fit content {tuple(content.shape)} "
                          "(needs the same channels and a batch of 1 or the same batch)")
     x = content.reshape(b, c, -1)
     y = style.reshape(style.shape[0], c, -1)
-    w_x = _weights(content_mask, x, "content_mask")
-    w_y = _weights(style_mask, y, "style_mask")
-    mu_x, sd_x = masked_mean_std(x, w_x, eps, "content_mask")
-    mu_y, sd_y = masked_mean_std(y, w_y, eps, "style_mask")
+    w_x = _weights(content_mask, x, mask_names[0])
+    w_y = _weights(style_mask, y, mask_names[1])
+    mu_x, sd_x = masked_mean_std(x, w_x, eps, mask_names[0])
+    mu_y, sd_y = masked_mean_std(y, w_y, eps, mask_names[1])
     moved = (x - mu_x) / sd_x * sd_y + mu_y
     out = x + w_x * (moved - x)
     return out.reshape(content.shape)

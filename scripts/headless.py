@@ -1,0 +1,136 @@
+"""Run a UI-format ComfyUI workflow through ComfyUI's real execution engine, in-process.
+
+Used by the transfer command and by the tests. The workflow (the JSON the editor saves and
+users share) is converted to an API prompt with the node definitions ComfyUI itself reports
+(the same fields as its /object_info), validated with ComfyUI's validate_prompt and run by
+its PromptExecutor, caches and all.
+"""
+import asyncio
+import os
+import sys
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=()):
+    """Import ComfyUI from `comfy_path`, point its folders, and load this pack's nodes.
+
+    Returns the `nodes` module (ComfyUI's node registry)."""
+    comfy_path = os.path.abspath(comfy_path)
+    if not os.path.isfile(os.path.join(comfy_path, "comfy", "sd.py")):
+        raise SystemExit(f"no ComfyUI at {comfy_path} (set COMFYUI_PATH)")
+    if comfy_path not in sys.path:
+        sys.path.insert(0, comfy_path)
+    import torch
+    from comfy.cli_args import args
+    if not torch.cuda.is_available():
+        args.cpu = True  # what `python main.py --cpu` does; must precede comfy.model_management
+    import folder_paths
+    import nodes
+
+    if input_dir:
+        folder_paths.set_input_directory(input_dir)
+    if output_dir:
+        folder_paths.set_output_directory(output_dir)
+    for directory in checkpoint_dirs:
+        folder_paths.add_model_folder_path("checkpoints", directory)
+    if "CrossImageSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        if not asyncio.run(nodes.load_custom_node(REPO)):
+            raise RuntimeError("the Cross-Image Attention nodes failed to load (see the log above)")
+    return nodes
+
+
+def node_definition(node_class) -> dict:
+    """The input part of what ComfyUI's /object_info reports for a node class."""
+    if hasattr(node_class, "GET_NODE_INFO_V1"):  # nodes written with ComfyUI's newer schema API
+        info = node_class.GET_NODE_INFO_V1()
+        return {"input": info["input"], "input_order": info["input_order"]}
+    inputs = node_class.INPUT_TYPES()
+    return {"input": inputs, "input_order": {k: list(v.keys()) for k, v in inputs.items()}}
+
+
+def node_definitions(nodes) -> dict:
+    return {name: node_definition(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _has_control_widget(name, spec) -> bool:
+    """The editor adds a 'control after generate' value after seed widgets."""
+    options = spec[1] if len(spec) > 1 else {}
+    return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
+
+
+def workflow_to_prompt(workflow: dict, definitions: dict) -> dict:
+    """Convert a UI workflow (nodes, links, widgets_values) to an API prompt."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):  # muted or bypassed in the editor
+            continue
+        definition = definitions.get(node["type"])
+        if definition is None:
+            raise ValueError(f"workflow node {node['id']}: unknown node type {node['type']!r}")
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        for section in ("required", "optional"):
+            specs = definition["input"].get(section, {})
+            for name in definition["input_order"].get(section, []):
+                spec = specs[name]
+                if _is_widget(spec):
+                    value = values.pop(0) if values else None
+                    if _has_control_widget(name, spec) and values:
+                        values.pop(0)
+                    if name not in linked and value is not None:
+                        inputs[name] = value
+                if name in linked:
+                    link = linked[name]
+                    inputs[name] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+class _QuietServer:
+    """The little of ComfyUI's PromptServer the executor talks to; keeps its messages."""
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+class Engine:
+    """One ComfyUI executor (with its caches) that runs prompts one after another."""
+
+    def __init__(self):
+        import execution
+        self._execution = execution
+        self.server = _QuietServer()
+        self.executor = execution.PromptExecutor(self.server, cache_type=False,
+                                                 cache_args={"lru": 0, "ram": 0})
+
+    def run(self, prompt: dict) -> dict:
+        """Validate and execute; returns the UI outputs per node (e.g. saved images)."""
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(
+            self._execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            raise RuntimeError(f"ComfyUI rejected the prompt: {error} {node_errors}")
+        self.executor.execute(prompt, prompt_id, {}, outputs)
+        if not self.executor.success:
+            errors = [data for event, data in self.executor.status_messages if event == "execution_error"]
+            raise RuntimeError(f"ComfyUI failed to run the prompt: {errors}")
+        return self.executor.history_result["outputs"]

@@ -1,0 +1,53 @@
+"""Test session set-up: a real ComfyUI (COMFYUI_PATH, prepared by scripts/test_env.sh) with
+this pack loaded as a custom node, temporary input/output folders, and test models."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "scripts")]
+
+import headless  # noqa: E402  (scripts/headless.py)
+
+
+def _comfy_path() -> str:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.exit("COMFYUI_PATH is not set: run the tests with `bash scripts/test_env.sh`", returncode=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy")
+    dirs = {name: root / name for name in ("input", "output", "checkpoints")}
+    for d in dirs.values():
+        d.mkdir()
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(comfy_dirs):
+    """ComfyUI's node registry with this pack loaded."""
+    return headless.start_comfyui(_comfy_path(), input_dir=str(comfy_dirs["input"]),
+                                  output_dir=str(comfy_dirs["output"]),
+                                  checkpoint_dirs=[str(comfy_dirs["checkpoints"])])
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_nodes):
+    """This pack as ComfyUI imported it (gives access to pack.core and pack.nodes)."""
+    return sys.modules[REPO.replace(".", "_x_")]
+
+
+@pytest.fixture(scope="session")
+def node(comfy_nodes):
+    """node("CrossImageSampler") -> an instance of that registered node class."""
+    return lambda name: comfy_nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(comfy_nodes):
+    import tiny_models
+    return tiny_models.tiny_model(seed=0)

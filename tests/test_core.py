@@ -1,0 +1,146 @@
+"""Unit tests of core/ against hand-computed values (plain tensors, no model)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def core(pack):
+    return pack.core
+
+
+def test_core_imports_without_comfyui():
+    code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, "
+            "core.cross_attention, core.inversion; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; "
+            "assert not bad, bad" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_eps_from_denoised(core):
+    x, d = torch.tensor([3.0, -1.0]), torch.tensor([1.0, 1.0])
+    assert torch.equal(core.ddim.eps_from_denoised(x, d, 2.0), torch.tensor([1.0, -1.0]))
+
+
+def test_ddim_invert_constant_noise_is_exact(core):
+    """For a denoiser whose noise prediction is a constant c, x_sigma = x0 + sigma * c exactly."""
+    c = torch.tensor([0.5, -2.0])
+    clean = torch.tensor([1.0, 3.0])
+    sigmas = torch.tensor([8.0, 3.0, 1.0, 0.0])
+    asked = []
+
+    def denoise(x, sigma):
+        asked.append(sigma)
+        return x - sigma * c
+
+    steps = []
+    trajectory = core.ddim.ddim_invert(denoise, clean, sigmas, sigma_floor=0.1,
+                                       callback=lambda k, d, x: steps.append(k))
+    expected = torch.stack([clean + s * c for s in sigmas])
+    assert torch.allclose(trajectory, expected, atol=1e-6)
+    assert asked == [0.1, 1.0, 3.0]  # clean latent asked at the floor, then each sigma reached
+    assert steps == [0, 1, 2]
+
+
+def test_ddim_invert_gaussian_data_by_hand(core):
+    """Data ~ N(0, 1): the exact denoiser is x / (1 + sigma^2). One step from sigma 0 to 2,
+    asked at the floor 0.5: eps = (x - x/1.25)/0.5 = 0.4 x, so x_2 = x + 2 * 0.4 x = 1.8 x."""
+    clean = torch.tensor([1.0, -2.0])
+    trajectory = core.ddim.ddim_invert(lambda x, s: x / (1 + s * s), clean, torch.tensor([2.0, 0.0]), 0.5)
+    assert torch.allclose(trajectory[0], 1.8 * clean)
+    assert torch.equal(trajectory[1], clean)
+
+
+def test_step_index(core):
+    schedule = torch.tensor([10.0, 5.0, 2.0, 0.0])
+    assert [core.schedule.step_index(schedule, s) for s in (10.0, 5.0, 2.0, 7.0, 1.0)] == [0, 1, 2, 1, 3]
+
+
+def test_in_step_range_matches_the_paper(core):
+    # Paper: swap from step 10 of 68 to the end; 0.15 * 68 = 10.2 rounds to 10.
+    active = [i for i in range(68) if core.schedule.in_step_range(i, 68, 0.15, 1.0)]
+    assert active == list(range(10, 68))
+    assert [i for i in range(10) if core.schedule.in_step_range(i, 10, 0.3, 0.8)] == [3, 4, 5, 6, 7]
+
+
+def test_key_value_sources(core):
+    sources = core.cross_attention.key_value_sources
+    # cond + uncond chunks of [out0, out1, app]: outputs take the appearance of their chunk.
+    assert sources(6, 2, 1).tolist() == [2, 2, 2, 5, 5, 5]
+    # one appearance per output
+    assert sources(4, 2, 2).tolist() == [2, 3, 2, 3]
+    with pytest.raises(ValueError, match="not a multiple"):
+        sources(5, 2, 1)
+
+
+def test_cross_image_attention_passes_swapped_keys_values(core):
+    q, k, v = (torch.arange(3.0).view(3, 1, 1) + offset for offset in (0, 10, 20))
+    seen = {}
+
+    def attention(q_, k_, v_):
+        seen.update(q=q_, k=k_, v=v_)
+        return q_
+
+    core.cross_attention.cross_image_attention(q, k, v, torch.tensor([2, 1, 2]), attention)
+    assert seen["q"].flatten().tolist() == [0, 1, 2]
+    assert seen["k"].flatten().tolist() == [12, 11, 12]
+    assert seen["v"].flatten().tolist() == [22, 21, 22]
+
+
+def test_adain_by_hand(core):
+    content = torch.tensor([[[1.0, 3.0]]])       # mean 2, unbiased var 2
+    style = torch.tensor([[[10.0, 20.0, 30.0]]])  # mean 20, unbiased var 100
+    out = core.adain.adain(content, style, eps=0.0)
+    # (x - 2) / sqrt(2) * 10 + 20
+    assert torch.allclose(out, torch.tensor([[[20 - 10 / 2 ** 0.5, 20 + 10 / 2 ** 0.5]]]))
+
+
+def test_adain_statistics_and_eps(core):
+    g = torch.Generator().manual_seed(0)
+    content, style = torch.randn(2, 3, 8, 8, generator=g), 4 + 3 * torch.randn(1, 3, 6, 5, generator=g)
+    out = core.adain.adain(content, style)
+    flat_out, flat_style = out.flatten(2), style.flatten(2)
+    assert torch.allclose(flat_out.mean(-1), flat_style.mean(-1).expand(2, 3), atol=1e-5)
+    # std = sqrt(var + 1e-5) on both sides, so the unbiased stds match up to that epsilon
+    assert torch.allclose(flat_out.std(-1), flat_style.std(-1).expand(2, 3), atol=1e-4)
+
+
+def test_adain_masks_restrict_statistics_and_change(core):
+    content = torch.tensor([[[1.0, 3.0, 100.0]]])
+    style = torch.tensor([[[10.0, 20.0, -50.0]]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    out = core.adain.adain(content, style, content_mask=mask, style_mask=torch.tensor([[0.0, 1.0, 1.0]]), eps=0.0)
+    # style stats over [20, -50]: mean -15, unbiased std sqrt(2450); content stats over [1, 3]
+    std = 2450 ** 0.5
+    assert torch.allclose(out[0, 0, :2], torch.tensor([-15 - std / 2 ** 0.5, -15 + std / 2 ** 0.5]))
+    assert out[0, 0, 2] == 100.0  # outside the content mask: untouched
+
+
+def test_adain_rejects_empty_mask(core):
+    with pytest.raises(ValueError, match="content_mask"):
+        core.adain.adain(torch.ones(1, 3, 4), torch.ones(1, 3, 4), content_mask=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="style_mask"):
+        core.adain.adain(torch.ones(1, 3, 4), torch.ones(1, 3, 4), style_mask=torch.zeros(1, 4))
+
+
+def _inversion(core, shape=(1, 4, 8, 8), sigmas=(3.0, 1.0, 0.0), key="m"):
+    sigmas = torch.tensor(sigmas)
+    return core.inversion.Inversion(sigmas=sigmas, trajectory=torch.zeros(len(sigmas), *shape), model_key=key)
+
+
+def test_inversion_pairing_errors(core):
+    structure = _inversion(core, shape=(2, 4, 8, 8))
+    structure.check_pairs_with(_inversion(core), "structure", "appearance")
+    with pytest.raises(ValueError, match="different models"):
+        structure.check_pairs_with(_inversion(core, key="other"), "structure", "appearance")
+    with pytest.raises(ValueError, match="appearance latent is"):
+        structure.check_pairs_with(_inversion(core, shape=(1, 4, 8, 6)), "structure", "appearance")
+    with pytest.raises(ValueError, match="different schedules"):
+        structure.check_pairs_with(_inversion(core, sigmas=(4.0, 0.0)), "structure", "appearance")
+    with pytest.raises(ValueError, match="batch of 3"):
+        structure.check_pairs_with(_inversion(core, shape=(3, 4, 8, 8)), "structure", "appearance")
+    with pytest.raises(ValueError, match="latents for"):
+        core.inversion.Inversion(sigmas=torch.ones(3), trajectory=torch.zeros(2, 1, 4, 8, 8), model_key="m")

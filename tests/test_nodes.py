@@ -1,0 +1,225 @@
+"""The nodes on a tiny random ComfyUI model: inversion, patching, sampling, AdaIN, errors."""
+import copy
+
+import pytest
+import torch
+
+import tiny_models
+
+
+@pytest.fixture(scope="module")
+def smooth_model(comfy_nodes):
+    """Random weights give a far rougher eps(x) than a trained model; a smaller last layer
+    (eps amplitude ~0.1) brings DDIM inversion into the regime it is used in."""
+    return tiny_models.tiny_model(seed=0, output_scale=0.01)
+
+
+@pytest.fixture(scope="module")
+def cond(comfy_nodes):
+    return tiny_models.conditioning(0)
+
+
+def latent(seed, batch=1, height=16, width=24):
+    """A non-square VAE-space latent (16x24 = a 128x192 image)."""
+    return {"samples": torch.randn(batch, 4, height, width, generator=torch.Generator().manual_seed(seed)) * 5}
+
+
+def invert(node, model, lat, cond, steps=10, scheduler="ddim_uniform"):
+    return node("CrossImageInvertDDIM").invert(model, lat, cond, steps, scheduler, 1.0)
+
+
+def reconstruction_error(node, model, cond, steps):
+    lat = latent(1, batch=2)
+    inversion, _ = invert(node, model, lat, cond, steps)
+    (out,) = node("CrossImageSampler").sample(model, cond, inversion, "euler", 1.0)
+    return (out["samples"] - lat["samples"]).abs().max().item() / lat["samples"].std().item()
+
+
+@pytest.mark.parametrize("prediction, tolerance", [("eps", 0.02), ("v", 0.3)])
+def test_ddim_inversion_then_sampling_reconstructs(node, cond, prediction, tolerance):
+    """DDIM inversion evaluates eps at x_t where sampling evaluates it at x_{t+1}, so the
+    reconstruction error is first order in the step size (measured here: eps model 0.036,
+    0.024, 0.013 and v model 0.87, 0.47, 0.25 of the latent's std at 10, 20, 40 steps).
+    Tolerances: eps under 2% at 40 steps; the v model's eps is far from constant (its
+    denoiser is close to x / (1 + sigma^2)), so 30%; and 4x the steps must cut the error
+    by more than 40%, which a wrong schedule, scaling or step pairing does not do."""
+    model = tiny_models.tiny_model(seed=0, prediction=prediction, output_scale=0.01)
+    coarse = reconstruction_error(node, model, cond, 10)
+    fine = reconstruction_error(node, model, cond, 40)
+    assert fine < tolerance
+    assert fine < 0.6 * coarse
+
+
+def test_inversion_output(node, smooth_model, cond):
+    lat = latent(2)
+    inversion, noisy = invert(node, smooth_model, lat, cond, steps=8)
+    assert inversion.trajectory.shape == (9, 1, 4, 16, 24)
+    assert inversion.sigmas[-1] == 0 and bool((inversion.sigmas[:-1] > inversion.sigmas[1:]).all())
+    scale = smooth_model.model.latent_format.scale_factor
+    # trajectory is in model space; the LATENT outputs are in VAE space
+    assert torch.allclose(inversion.clean, lat["samples"] * scale, atol=1e-5)
+    assert torch.allclose(noisy["samples"] * scale, inversion.noisy, atol=1e-4)
+    assert (inversion.noisy - inversion.clean).abs().max() > 1e-2
+
+
+def attn1_keys(model):
+    return set(model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {}))
+
+
+# Tiny UNet: output blocks 0-1 at latent/4, 2-3 at latent/2, 4-5 at latent/1 (two transformers).
+FINEST_TWO = {("output", 2, 0), ("output", 3, 0), ("output", 4, 0), ("output", 4, 1), ("output", 5, 0), ("output", 5, 1)}
+
+
+def test_patch_selects_decoder_levels_and_leaves_input_model(node, tiny_model, cond):
+    before = copy.deepcopy(tiny_model.model_options)
+    appearance, _ = invert(node, tiny_model, latent(3), cond, steps=4)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.15, 1.0)
+    assert attn1_keys(patched) == FINEST_TWO
+    (coarse,) = node("CrossImageAttention").patch(tiny_model, appearance, "2", 0.15, 1.0)
+    assert attn1_keys(coarse) == {("output", 0, 0), ("output", 1, 0)}
+    assert tiny_model.model_options == before and attn1_keys(tiny_model) == set()
+
+
+def record_attention(model, pack):
+    """Instrument every attn1 of a patched model: which block ran at which step, through the
+    cross-image replacement or not, and whether its output differs from plain attention."""
+    import comfy.ldm.modules.attention as attention
+    step_index = pack.core.schedule.step_index
+    calls = []
+
+    def step(options):
+        return step_index(options["sample_sigmas"], float(options["sigmas"].max()))
+
+    def every_attn1(n, context, value, options):
+        calls.append(("any", options["block"] + (options["block_index"],), step(options), None))
+        return n, context, value
+
+    def wrap(key, replace):
+        def recorded(q, k, v, options):
+            out = replace(q, k, v, options)
+            plain = attention.optimized_attention(q, k, v, options["n_heads"])
+            calls.append(("replace", key, step(options), not torch.allclose(out, plain, atol=1e-6)))
+            return out
+        return recorded
+
+    model = model.clone()
+    model.set_model_attn1_patch(every_attn1)
+    replaces = model.model_options["transformer_options"]["patches_replace"]["attn1"]
+    for key in list(replaces):
+        replaces[key] = wrap(key, replaces[key])
+    return model, calls
+
+
+def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny_model, cond):
+    structure, _ = invert(node, tiny_model, latent(4), cond, steps=10)
+    appearance, _ = invert(node, tiny_model, latent(5), cond, steps=10)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.3, 0.8)
+    instrumented, calls = record_attention(patched, pack)
+    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0)
+
+    all_layers = {key for kind, key, _, _ in calls if kind == "any"}
+    assert len(all_layers) == 4 + 1 + 8  # encoder, middle, decoder attn1 layers (transformer indices counted)
+    replaced = {(key, step) for kind, key, step, _ in calls if kind == "replace"}
+    assert {key for key, _ in replaced} == FINEST_TWO
+    swapped = {(key, step) for kind, key, step, differs in calls if kind == "replace" and differs}
+    assert swapped == {(key, step) for key in FINEST_TWO for step in range(3, 8)}
+
+
+def assert_same_up_to_batching(a, b):
+    """Equal up to float rounding that differs between batch sizes (values here are ~10)."""
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_appearance_equal_to_structure_gives_the_unpatched_output(node, tiny_model, cond):
+    structure, _ = invert(node, tiny_model, latent(6), cond, steps=6)
+    (plain,) = node("CrossImageSampler").sample(tiny_model, cond, structure, "euler", 1.0)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0,1,2", 0.0, 1.0)
+    (same,) = node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0)
+    assert_same_up_to_batching(same["samples"], plain["samples"])
+    other, _ = invert(node, tiny_model, latent(7), cond, steps=6)
+    (patched_other,) = node("CrossImageAttention").patch(tiny_model, other, "0,1,2", 0.0, 1.0)
+    (changed,) = node("CrossImageSampler").sample(patched_other, cond, structure, "euler", 1.0)
+    assert (changed["samples"] - plain["samples"]).abs().max() > 1.0
+
+
+def test_batches_of_structures_share_or_pair_appearances(node, tiny_model, cond):
+    structures, _ = invert(node, tiny_model, latent(8, batch=2), cond, steps=4)
+    for n_appearance in (1, 2):
+        appearance, _ = invert(node, tiny_model, latent(9, batch=n_appearance), cond, steps=4)
+        (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0)
+        (out,) = node("CrossImageSampler").sample(patched, cond, structures, "euler", 1.0)
+        assert out["samples"].shape == (2, 4, 16, 24)
+    # output i with appearance batch 2 uses appearance i: equals a single pair run
+    single, _ = invert(node, tiny_model, {"samples": latent(8, batch=2)["samples"][1:]}, cond, steps=4)
+    app_one, _ = invert(node, tiny_model, {"samples": latent(9, batch=2)["samples"][1:]}, cond, steps=4)
+    (patched_one,) = node("CrossImageAttention").patch(tiny_model, app_one, "0,1", 0.0, 1.0)
+    (pair,) = node("CrossImageSampler").sample(patched_one, cond, single, "euler", 1.0)
+    assert_same_up_to_batching(out["samples"][1:], pair["samples"])
+
+
+def test_input_model_weights_and_options_unchanged(node, tiny_model, cond):
+    options = copy.deepcopy(tiny_model.model_options)
+    weights = {k: v.clone() for k, v in tiny_model.model.state_dict().items()}
+    structure, _ = invert(node, tiny_model, latent(10), cond, steps=4)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0,1", 0.0, 1.0)
+    node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0)
+    assert tiny_model.model_options == options
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_model.model.state_dict().items())
+
+
+def test_bad_inputs_are_named(node, tiny_model, cond):
+    inversion, _ = invert(node, tiny_model, latent(11), cond, steps=4)
+    attention = node("CrossImageAttention")
+    with pytest.raises(ValueError, match="levels: this model's decoder has attention at 3"):
+        attention.patch(tiny_model, inversion, "0,3", 0.1, 1.0)
+    with pytest.raises(ValueError, match="levels: expected comma-separated"):
+        attention.patch(tiny_model, inversion, "fine", 0.1, 1.0)
+    with pytest.raises(ValueError, match="start/end"):
+        attention.patch(tiny_model, inversion, "0", 0.9, 0.5)
+    with pytest.raises(ValueError, match="appearance: expected an inversion"):
+        attention.patch(tiny_model, {"samples": torch.zeros(1)}, "0", 0.1, 1.0)
+    other_model = tiny_models.tiny_model(seed=1, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="appearance: this inversion was made with a different model"):
+        attention.patch(other_model, inversion, "0", 0.1, 1.0)
+    with pytest.raises(ValueError, match="structure: this inversion was made with a different model"):
+        node("CrossImageSampler").sample(other_model, cond, inversion, "euler", 1.0)
+    wide, _ = invert(node, tiny_model, latent(12, width=32), cond, steps=4)
+    (patched,) = attention.patch(tiny_model, wide, "0", 0.1, 1.0)
+    with pytest.raises(ValueError, match="encode both images at the same size"):
+        node("CrossImageSampler").sample(patched, cond, inversion, "euler", 1.0)
+    longer, _ = invert(node, tiny_model, latent(12), cond, steps=6)
+    (patched,) = attention.patch(tiny_model, longer, "0", 0.1, 1.0)
+    with pytest.raises(ValueError, match="different schedules"):
+        node("CrossImageSampler").sample(patched, cond, inversion, "euler", 1.0)
+    with pytest.raises(ValueError, match="negative: a negative conditioning is required"):
+        node("CrossImageSampler").sample(tiny_model, cond, inversion, "euler", 3.0)
+    with pytest.raises(ValueError, match="negative"):
+        node("CrossImageInvertDDIM").invert(tiny_model, latent(1), cond, 4, "normal", 2.0)
+
+
+def test_cfg_with_negative_runs(node, tiny_model, cond):
+    negative = tiny_models.conditioning(5)
+    inversion, _ = node("CrossImageInvertDDIM").invert(tiny_model, latent(13), cond, 3, "normal", 2.0, negative)
+    (out,) = node("CrossImageSampler").sample(tiny_model, cond, inversion, "euler", 2.0, negative)
+    assert torch.isfinite(out["samples"]).all()
+
+
+def test_adain_image_node(node):
+    g = torch.Generator().manual_seed(0)
+    image = 0.5 + 0.05 * torch.randn(2, 16, 12, 3, generator=g)
+    reference = 0.4 + 0.1 * torch.randn(1, 20, 10, 3, generator=g)
+    (out,) = node("CrossImageAdaINImage").apply(image, reference)
+    assert out.shape == image.shape
+    assert torch.allclose(out.mean(dim=(1, 2)), reference.mean(dim=(1, 2)).expand(2, 3), atol=1e-4)
+    assert torch.allclose(out.std(dim=(1, 2)), reference.std(dim=(1, 2)).expand(2, 3), atol=1e-3)
+    mask = torch.zeros(2, 16, 12)
+    mask[:, :8] = 1
+    (masked,) = node("CrossImageAdaINImage").apply(image, reference, image_mask=mask)
+    assert torch.equal(masked[:, 8:], image[:, 8:])
+    assert torch.allclose(masked[:, :8].mean(dim=(1, 2)), reference.mean(dim=(1, 2)).expand(2, 3), atol=1e-4)
+    with pytest.raises(ValueError, match="image_mask"):
+        node("CrossImageAdaINImage").apply(image, reference, image_mask=torch.zeros(2, 16, 12))
+    with pytest.raises(ValueError, match="reference_mask: mask of shape"):
+        node("CrossImageAdaINImage").apply(image, reference, reference_mask=torch.ones(16, 12))
+    with pytest.raises(ValueError, match="reference: batch of 3"):
+        node("CrossImageAdaINImage").apply(image, reference.expand(3, -1, -1, -1))

@@ -1,0 +1,61 @@
+"""Small random-weight ComfyUI models for fast tests (built in-process, nothing downloaded)."""
+import torch
+
+CONTEXT_DIM = 32
+
+
+def tiny_unet_config(channel_mult=(1, 2, 2)) -> dict:
+    """An SD1.5-shaped UNet with 32 base channels and attention at every level; the finest
+    level has two transformer blocks so transformer indices are exercised."""
+    levels = len(channel_mult)
+    depth = [2] + [1] * (levels - 1)
+    return {
+        "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+        "model_channels": 32, "channel_mult": list(channel_mult), "num_res_blocks": [1] * levels,
+        "transformer_depth": depth, "transformer_depth_output": [d for d in depth for _ in range(2)],
+        "transformer_depth_middle": 1, "context_dim": CONTEXT_DIM, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "use_linear_in_transformer": False,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Fill every parameter: N(0, 1/fan_in) weights, unit norm scales, zero biases.
+    (ComfyUI creates layers without initialising them.)"""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                fan_in = param[0].numel()
+                param.copy_(torch.randn(param.shape, generator=generator) / fan_in ** 0.5)
+            elif name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+
+
+def tiny_model(seed: int = 0, prediction: str = "eps", channel_mult=(1, 2, 2), output_scale: float = 1.0):
+    """A ComfyUI MODEL (ModelPatcher) of the SD1.5 family with a tiny random UNet, on the CPU.
+
+    prediction "v" gives an SD2-style v-prediction model; output_scale scales the last layer."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(tiny_unet_config(channel_mult))
+    config.set_inference_dtype(torch.float32, None)
+    model_type = {"eps": comfy.model_base.ModelType.EPS,
+                  "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    base = comfy.model_base.BaseModel(config, model_type=model_type, device=torch.device("cpu"))
+    randomize_(base.diffusion_model, seed)
+    with torch.no_grad():  # a smaller last layer makes eps vary smoothly, as in a trained model
+        base.diffusion_model.out[-1].weight.mul_(output_scale)
+    base.eval()
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def conditioning(seed: int = 0, tokens: int = 8):
+    """A ComfyUI CONDITIONING for the tiny model: [[context (1, tokens, dim), {}]]."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, CONTEXT_DIM, generator=generator), {}]]
