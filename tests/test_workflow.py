@@ -1,0 +1,73 @@
+"""The shipped workflows, run through ComfyUI's real execution engine with a generated
+random-weight SD1.5 checkpoint."""
+import glob
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import headless
+
+WORKFLOWS = sorted(glob.glob(os.path.join(headless.REPO, "workflows", "*.json")))
+IMAGE_SIZE = (128, 96)  # small and non-square, to keep a CPU run short; the graph is as shipped
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy_nodes, comfy_dirs):
+    """A random-weight checkpoint ComfyUI detects as SD1.5, registered in its checkpoints
+    folder list under the name the shipped workflows use."""
+    import make_test_checkpoint
+    names = {node["widgets_values"][0] for path in WORKFLOWS for node in json.load(open(path))["nodes"]
+             if node["type"] == "CheckpointLoaderSimple"}
+    first = comfy_dirs["checkpoints"] / sorted(names)[0]
+    make_test_checkpoint.build_checkpoint(str(first))
+    for name in names:
+        if not (comfy_dirs["checkpoints"] / name).exists():
+            os.link(first, comfy_dirs["checkpoints"] / name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def example_inputs(comfy_dirs):
+    for path in glob.glob(os.path.join(headless.REPO, "workflows", "*.png")):
+        Image.open(path).convert("RGB").resize(IMAGE_SIZE).save(comfy_dirs["input"] / os.path.basename(path))
+
+
+def test_workflows_are_shipped():
+    assert any(path.endswith("cross_image_attention_basic.json") for path in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflow_links_match_node_definitions(comfy_nodes, path):
+    """Every node type exists and every link joins an output to an input of the same type."""
+    workflow = json.load(open(path))
+    definitions = headless.node_definitions(comfy_nodes)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in nodes.values():
+        assert node["type"] in definitions, f"missing node type {node['type']}"
+    for link_id, source, slot, target, target_slot, kind in workflow["links"]:
+        output_types = comfy_nodes.NODE_CLASS_MAPPINGS[nodes[source]["type"]].RETURN_TYPES
+        assert output_types[slot] == kind
+        name = nodes[target]["inputs"][target_slot]["name"]
+        spec = {**definitions[nodes[target]["type"]]["input"].get("required", {}),
+                **definitions[nodes[target]["type"]]["input"].get("optional", {})}[name]
+        assert spec[0] == kind, f"link {link_id}: {kind} into {nodes[target]['type']}.{name} ({spec[0]})"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, sd15_checkpoint, example_inputs, path):
+    prompt = headless.workflow_to_prompt(json.load(open(path)), headless.node_definitions(comfy_nodes))
+    engine = headless.Engine()
+    outputs = engine.run(prompt)
+    images = [image for out in outputs.values() for image in out.get("images", [])]
+    assert len(images) == 1
+    saved = comfy_dirs["output"] / images[0]["subfolder"] / images[0]["filename"]
+    assert Image.open(saved).size == IMAGE_SIZE
+
+    # The MODEL the checkpoint loader produced is still unpatched after the graph ran.
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    model = engine.executor.caches.outputs.get(loader).outputs[0][0]
+    options = model.model_options["transformer_options"]
+    assert "patches_replace" not in options and "cross_image_attention" not in options
+    assert model.patches == {}
