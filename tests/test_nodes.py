@@ -223,3 +223,21 @@ def test_adain_image_node(node):
         node("CrossImageAdaINImage").apply(image, reference, reference_mask=torch.ones(16, 12))
     with pytest.raises(ValueError, match="reference: batch of 3"):
         node("CrossImageAdaINImage").apply(image, reference.expand(3, -1, -1, -1))
+
+
+def test_inversion_reports_progress_and_stops_on_interrupt(node, tiny_model, cond):
+    import comfy.model_management
+    import comfy.utils
+    import nodes as comfy_nodes_module
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        invert(node, tiny_model, latent(14), cond, steps=5)
+        assert seen == [(i, 5) for i in range(1, 6)]
+        comfy_nodes_module.interrupt_processing(True)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            invert(node, tiny_model, latent(14), cond, steps=5)
+    finally:
+        comfy_nodes_module.interrupt_processing(False)
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert attn1_keys(tiny_model) == set()

@@ -1,6 +1,5 @@
 """The shipped workflows, run through ComfyUI's real execution engine with a generated
 random-weight SD1.5 checkpoint."""
-import glob
 import json
 import os
 
@@ -9,29 +8,7 @@ from PIL import Image
 
 import headless
 
-WORKFLOWS = sorted(glob.glob(os.path.join(headless.REPO, "workflows", "*.json")))
-IMAGE_SIZE = (128, 96)  # small and non-square, to keep a CPU run short; the graph is as shipped
-
-
-@pytest.fixture(scope="session")
-def sd15_checkpoint(comfy_nodes, comfy_dirs):
-    """A random-weight checkpoint ComfyUI detects as SD1.5, registered in its checkpoints
-    folder list under the name the shipped workflows use."""
-    import make_test_checkpoint
-    names = {node["widgets_values"][0] for path in WORKFLOWS for node in json.load(open(path))["nodes"]
-             if node["type"] == "CheckpointLoaderSimple"}
-    first = comfy_dirs["checkpoints"] / sorted(names)[0]
-    make_test_checkpoint.build_checkpoint(str(first))
-    for name in names:
-        if not (comfy_dirs["checkpoints"] / name).exists():
-            os.link(first, comfy_dirs["checkpoints"] / name)
-    return names
-
-
-@pytest.fixture(scope="session")
-def example_inputs(comfy_dirs):
-    for path in glob.glob(os.path.join(headless.REPO, "workflows", "*.png")):
-        Image.open(path).convert("RGB").resize(IMAGE_SIZE).save(comfy_dirs["input"] / os.path.basename(path))
+from shipped import IMAGE_SIZE, WORKFLOWS
 
 
 def test_workflows_are_shipped():
