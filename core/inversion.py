@@ -49,6 +49,31 @@ class Inversion:
     def clean(self) -> torch.Tensor:
         return self.trajectory[-1]
 
+    FILE_FORMAT = "cross_image_attention.inversion"
+    FILE_VERSION = "1"
+
+    def to_tensors(self):
+        """(tensors, metadata) for a safetensors file: no code, only arrays and strings."""
+        tensors = {"sigmas": self.sigmas.contiguous(), "trajectory": self.trajectory.contiguous()}
+        metadata = {"format": self.FILE_FORMAT, "version": self.FILE_VERSION,
+                    "model_key": self.model_key, "method": self.method}
+        return tensors, metadata
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, metadata: dict, name: str = "inversion") -> "Inversion":
+        """Rebuild from to_tensors() output; errors name the input `name`."""
+        metadata = metadata or {}
+        if metadata.get("format") != cls.FILE_FORMAT:
+            raise ValueError(f"{name}: not a saved inversion (no '{cls.FILE_FORMAT}' metadata)")
+        if metadata.get("version") != cls.FILE_VERSION:
+            raise ValueError(f"{name}: saved inversion version {metadata.get('version')} is not supported "
+                             f"(this pack reads version {cls.FILE_VERSION})")
+        missing = {"sigmas", "trajectory"} - set(tensors)
+        if missing:
+            raise ValueError(f"{name}: saved inversion lacks {sorted(missing)}")
+        return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"],
+                   model_key=metadata["model_key"], method=metadata.get("method", "ddim"))
+
     def check_pairs_with(self, other: "Inversion", name: str, other_name: str) -> None:
         """Raise a ValueError naming both inputs unless the two can be sampled together."""
         if self.model_key != other.model_key:

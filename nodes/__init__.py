@@ -2,6 +2,7 @@
 from .adain_image import CrossImageAdaINImage
 from .cross_image_attention import CrossImageAttention
 from .invert_ddim import CrossImageInvertDDIM
+from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
 
 NODE_CLASS_MAPPINGS = {
@@ -9,6 +10,8 @@ NODE_CLASS_MAPPINGS = {
     "CrossImageAttention": CrossImageAttention,
     "CrossImageSampler": CrossImageSampler,
     "CrossImageAdaINImage": CrossImageAdaINImage,
+    "CrossImageSaveInversion": CrossImageSaveInversion,
+    "CrossImageLoadInversion": CrossImageLoadInversion,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -16,4 +19,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageAttention": "Cross-Image Attention",
     "CrossImageSampler": "Cross-Image Sampler",
     "CrossImageAdaINImage": "AdaIN (Image)",
+    "CrossImageSaveInversion": "Save Inversion",
+    "CrossImageLoadInversion": "Load Inversion",
 }

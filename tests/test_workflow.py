@@ -48,3 +48,44 @@ def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, sd15_checkpoi
     options = model.model_options["transformer_options"]
     assert "patches_replace" not in options and "cross_image_attention" not in options
     assert model.patches == {}
+
+
+def loader_model(engine, prompt):
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    return engine.executor.caches.outputs.get(loader).outputs[0][0]
+
+
+def saved_pixels(comfy_dirs, outputs):
+    image = next(image for out in outputs.values() for image in out.get("images", []))
+    import numpy as np
+    return np.asarray(Image.open(comfy_dirs["output"] / image["subfolder"] / image["filename"]))
+
+
+def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, comfy_dirs, sd15_checkpoint, example_inputs):
+    import comfy.utils
+    import nodes as comfy_node_registry
+    prompt = headless.workflow_to_prompt(json.load(open(WORKFLOWS[0])), headless.node_definitions(comfy_nodes))
+    for node in prompt.values():
+        if node["class_type"] == "CrossImageInvertDDIM":
+            node["inputs"]["steps"] = 6  # the mechanics, not the picture: keep the runs short
+    engine = headless.Engine()
+    seen = []
+
+    def interrupt_at_step_2(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 2:
+            comfy_node_registry.interrupt_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
+    try:
+        with pytest.raises(RuntimeError, match="failed"):
+            engine.run(prompt)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert seen == [1, 2]  # stopped before a third step was taken
+    assert any(event == "execution_interrupted" for event, _ in engine.executor.status_messages)
+    assert "patches_replace" not in loader_model(engine, prompt).model_options["transformer_options"]
+
+    rerun = saved_pixels(comfy_dirs, engine.run(prompt))
+    clean = saved_pixels(comfy_dirs, headless.Engine().run(prompt))
+    assert (rerun == clean).all()

@@ -1,0 +1,101 @@
+"""Save Inversion / Load Inversion: keep an inversion across runs and restarts, as
+safetensors (arrays and strings only, never pickle) inside ComfyUI's output/input folders."""
+import hashlib
+import os
+
+import folder_paths
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..core.inversion import Inversion
+from .inversion_type import CATEGORY, INVERSION
+
+EXTENSION = ".safetensors"
+
+
+def saved_inversions() -> list:
+    """Inversion files in the input folder, and in the output folder marked '[output]'."""
+    found = []
+    for base, suffix in ((folder_paths.get_input_directory(), ""), (folder_paths.get_output_directory(), " [output]")):
+        for root, _, files in os.walk(base):
+            for file in files:
+                if file.endswith(EXTENSION):
+                    found.append(os.path.relpath(os.path.join(root, file), base).replace(os.sep, "/") + suffix)
+    return sorted(found)
+
+
+def resolve(name: str) -> str:
+    """The file an annotated name means, refusing anything outside ComfyUI's folders."""
+    relative, base = folder_paths.annotated_filepath(name.strip())
+    base = os.path.abspath(base or folder_paths.get_input_directory())
+    path = os.path.abspath(os.path.join(base, relative))
+    if os.path.commonpath((base, path)) != base:
+        raise ValueError(f"inversion: {name!r} points outside ComfyUI's input/output folders")
+    if not path.endswith(EXTENSION):
+        raise ValueError(f"inversion: {name!r} is not a {EXTENSION} file")
+    if not os.path.isfile(path):
+        raise ValueError(f"inversion: no file {name!r} in ComfyUI's input/output folders")
+    return path
+
+
+class CrossImageSaveInversion:
+    DESCRIPTION = ("Saves an inversion to ComfyUI's output folder (safetensors), so later runs, even "
+                   "after a restart, can load it instead of inverting the image again.")
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "inversion": (INVERSION, {"tooltip": "The inversion to keep."}),
+            "filename_prefix": ("STRING", {"default": "cross_image/inversion",
+                                           "tooltip": "File name prefix inside the output folder; a counter is added. Load it with Load Inversion (listed as '... [output]')."}),
+        }}
+
+    def save(self, inversion, filename_prefix):
+        if not isinstance(inversion, Inversion):
+            raise ValueError(f"inversion: expected an inversion from an Invert node, got {type(inversion).__name__}")
+        output_dir = folder_paths.get_output_directory()
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+        file = f"{filename}_{counter:05}_{EXTENSION}"
+        tensors, metadata = inversion.to_tensors()
+        save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, file), metadata=metadata)
+        return {"ui": {"inversions": [{"filename": file, "subfolder": subfolder, "type": "output"}]}}
+
+
+class CrossImageLoadInversion:
+    DESCRIPTION = ("Loads an inversion saved by Save Inversion (from the input folder, or the output "
+                   "folder for names ending in [output]). Only safetensors files are read.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (INVERSION,)
+    RETURN_NAMES = ("inversion",)
+    OUTPUT_TOOLTIPS = ("The saved inversion; the sampler checks it was made with the same model and size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "inversion": (saved_inversions(), {"tooltip": "A saved inversion file (input folder, or '[output]' for the output folder)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, inversion):
+        with open(resolve(inversion), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, inversion):
+        try:
+            resolve(inversion)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    def load(self, inversion):
+        path = resolve(inversion)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        return (Inversion.from_tensors(tensors, metadata, name=f"inversion {inversion!r}"),)

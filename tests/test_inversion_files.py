@@ -1,0 +1,62 @@
+"""Save Inversion / Load Inversion: safetensors round trip, folder confinement, clear errors."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tiny_models
+
+
+@pytest.fixture(scope="module")
+def cond(comfy_nodes):
+    return tiny_models.conditioning(0)
+
+
+@pytest.fixture(scope="module")
+def structure(node, tiny_model, cond):
+    lat = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))}
+    return node("CrossImageInvertDDIM").invert(tiny_model, lat, cond, 4, "normal", 1.0)[0]
+
+
+def saved_name(node, inversion, prefix):
+    result = node("CrossImageSaveInversion").save(inversion, prefix)
+    entry = result["ui"]["inversions"][0]
+    return f"{entry['subfolder']}/{entry['filename']} [output]"
+
+
+def test_round_trip_gives_the_same_inversion_and_output(node, tiny_model, cond, structure, comfy_dirs):
+    name = saved_name(node, structure, "tests/structure")
+    assert name.startswith("tests/structure_00001_") and name in node("CrossImageLoadInversion").INPUT_TYPES()["required"]["inversion"][0]
+    assert node("CrossImageLoadInversion").VALIDATE_INPUTS(name) is True
+    (loaded,) = node("CrossImageLoadInversion").load(name)
+    assert torch.equal(loaded.trajectory, structure.trajectory) and torch.equal(loaded.sigmas, structure.sigmas)
+    assert loaded.model_key == structure.model_key and loaded.method == structure.method
+    (a,) = node("CrossImageSampler").sample(tiny_model, cond, structure, "euler", 1.0)
+    (b,) = node("CrossImageSampler").sample(tiny_model, cond, loaded, "euler", 1.0)
+    assert torch.equal(a["samples"], b["samples"])
+    assert saved_name(node, structure, "tests/structure").startswith("tests/structure_00002_")
+
+
+def test_loaded_inversion_from_another_model_is_refused(node, cond, structure):
+    (loaded,) = node("CrossImageLoadInversion").load(saved_name(node, structure, "tests/other"))
+    other_model = tiny_models.tiny_model(seed=0, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="structure: this inversion was made with a different model"):
+        node("CrossImageSampler").sample(other_model, cond, loaded, "euler", 1.0)
+
+
+def test_names_outside_the_folders_and_foreign_files_are_refused(node, comfy_dirs):
+    loader = node("CrossImageLoadInversion")
+    save_file({"x": torch.zeros(2)}, str(comfy_dirs["input"] / "plain.safetensors"))
+    (comfy_dirs["input"] / "pickle.pt").write_bytes(b"not allowed")
+    for name, message in [("../../etc/passwd.safetensors", "outside ComfyUI's input/output folders"),
+                          ("../checkpoints/x.safetensors [output]", "outside ComfyUI's input/output folders"),
+                          ("pickle.pt", "is not a .safetensors file"),
+                          ("absent.safetensors", "no file"),
+                          ("plain.safetensors", "not a saved inversion")]:
+        with pytest.raises(ValueError, match=message):
+            loader.load(name)
+    assert "outside" in loader.VALIDATE_INPUTS("../../etc/passwd.safetensors")
+
+
+def test_save_rejects_non_inversions(node):
+    with pytest.raises(ValueError, match="inversion: expected an inversion"):
+        node("CrossImageSaveInversion").save({"samples": torch.zeros(1)}, "x")
