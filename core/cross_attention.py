@@ -4,7 +4,7 @@ appearance image's keys and values, Attn(Q_out, K_app, V_app) = softmax(Q_out K_
 The model batch holds, per conditioning chunk, the output rows followed by the appearance
 rows: [out_0 .. out_{n_out-1}, app_0 .. app_{n_app-1}] repeated for cond/uncond chunks.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -27,7 +27,18 @@ def key_value_sources(rows: int, n_outputs: int, n_appearances: int) -> torch.Te
 
 
 def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sources: torch.Tensor,
-                          attention: Attention) -> torch.Tensor:
-    """Attention where row r uses the keys and values of row sources[r] (eq. 2)."""
+                          attention: Attention, swapped_attention: Optional[Attention] = None) -> torch.Tensor:
+    """Attention where row r uses the keys and values of row sources[r] (eq. 2).
+
+    Rows that take another row's keys and values (the outputs) go through
+    `swapped_attention` when one is given (e.g. attention with contrast); the others, and
+    all rows when it is None, through `attention`."""
     sources = sources.to(k.device)
-    return attention(q, k.index_select(0, sources), v.index_select(0, sources))
+    k, v = k.index_select(0, sources), v.index_select(0, sources)
+    if swapped_attention is None:
+        return attention(q, k, v)
+    swapped = sources != torch.arange(sources.shape[0], device=sources.device)
+    out = torch.empty_like(q)
+    out[~swapped] = attention(q[~swapped], k[~swapped], v[~swapped])
+    out[swapped] = swapped_attention(q[swapped], k[swapped], v[swapped])
+    return out

@@ -1,6 +1,6 @@
 """ComfyUI node classes of the pack, registered by the package's __init__."""
 from .adain_image import CrossImageAdaINImage
-from .cross_image_attention import CrossImageAttention
+from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
@@ -8,6 +8,7 @@ from .sampler import CrossImageSampler
 NODE_CLASS_MAPPINGS = {
     "CrossImageInvertDDIM": CrossImageInvertDDIM,
     "CrossImageAttention": CrossImageAttention,
+    "CrossImageAttentionContrast": CrossImageAttentionContrast,
     "CrossImageSampler": CrossImageSampler,
     "CrossImageAdaINImage": CrossImageAdaINImage,
     "CrossImageSaveInversion": CrossImageSaveInversion,
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageInvertDDIM": "Invert (DDIM)",
     "CrossImageAttention": "Cross-Image Attention",
+    "CrossImageAttentionContrast": "Attention Contrast",
     "CrossImageSampler": "Cross-Image Sampler",
     "CrossImageAdaINImage": "AdaIN (Image)",
     "CrossImageSaveInversion": "Save Inversion",

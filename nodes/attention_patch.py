@@ -5,6 +5,7 @@ from functools import partial
 
 import comfy.ldm.modules.attention as comfy_attention
 
+from ..core.contrast import contrast_attention
 from ..core.cross_attention import cross_image_attention, key_value_sources
 from ..core.inversion import Inversion
 from ..core.schedule import in_step_range, step_index
@@ -14,11 +15,18 @@ LAYOUT_KEY = "cross_image_layout"        # in transformer_options, set by the sa
 
 
 @dataclass(frozen=True)
+class ContrastSettings:
+    """Attention-map contrast for the output rows of the swapped layers (1 = off)."""
+    strength: float = 1.67
+
+
+@dataclass(frozen=True)
 class CrossImageSettings:
     appearance: Inversion
     levels: tuple
     start: float
     end: float
+    contrast: float = 1.0
 
     def __deepcopy__(self, memo):
         return self  # immutable; ComfyUI deep-copies model options on every clone
@@ -35,8 +43,8 @@ class CrossImageSelfAttention:
     """attn1 replacement: plain self-attention, except inside the step range of a
     Cross-Image Sampler run, where the output rows use the appearance rows' keys and values."""
 
-    def __init__(self, start: float, end: float):
-        self.start, self.end = start, end
+    def __init__(self, start: float, end: float, contrast: float = 1.0):
+        self.start, self.end, self.contrast = start, end, contrast
 
     def __deepcopy__(self, memo):
         return self
@@ -55,4 +63,7 @@ class CrossImageSelfAttention:
             return attention(q, k, v)
         layout = extra_options[LAYOUT_KEY]
         sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances)
-        return cross_image_attention(q, k, v, sources, attention)
+        swapped_attention = None  # strength 1 keeps ComfyUI's optimized attention for every row
+        if self.contrast != 1.0:
+            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=self.contrast)
+        return cross_image_attention(q, k, v, sources, attention, swapped_attention)

@@ -1,8 +1,8 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
 from ..core.inversion import Inversion
-from .attention_patch import SETTINGS_KEY, CrossImageSelfAttention, CrossImageSettings
-from .inversion_type import CATEGORY, INVERSION
+from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings
+from .inversion_type import CATEGORY, CONTRAST, INVERSION
 from .model_info import decoder_attention_levels, model_key
 
 
@@ -45,22 +45,52 @@ class CrossImageAttention:
                 "end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."}),
             },
+            "optional": {
+                "contrast": (CONTRAST, {"tooltip": "Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."}),
+            },
         }
 
-    def patch(self, model, appearance, levels, start, end):
+    def patch(self, model, appearance, levels, start, end, contrast=None):
         if not isinstance(appearance, Inversion):
             raise ValueError(f"appearance: expected an inversion from an Invert node, got {type(appearance).__name__}")
         if appearance.model_key != model_key(model):
             raise ValueError("appearance: this inversion was made with a different model; invert with the same model")
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
+        if contrast is not None and not isinstance(contrast, ContrastSettings):
+            raise ValueError(f"contrast: expected settings from the Attention Contrast node, got {type(contrast).__name__}")
+        strength = contrast.strength if contrast is not None else 1.0
         layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
         chosen = parse_levels(levels, len(layers))
         patched = model.clone()
-        attention = CrossImageSelfAttention(start, end)
+        attention = CrossImageSelfAttention(start, end, strength)
         for level in chosen:
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)
         patched.model_options["transformer_options"][SETTINGS_KEY] = CrossImageSettings(
-            appearance=appearance, levels=chosen, start=start, end=end)
+            appearance=appearance, levels=chosen, start=start, end=end, contrast=strength)
         return (patched,)
+
+
+class CrossImageAttentionContrast:
+    DESCRIPTION = ("Attention-map contrast for Cross-Image Attention (paper, sec. 4.2): after the "
+                   "softmax, the output's attention to the appearance is pushed away from its mean "
+                   "and clipped to [0, 1], so each output pixel follows fewer, better-matching "
+                   "appearance pixels. Computed in query chunks; strength 1 is off.")
+    CATEGORY = CATEGORY
+    FUNCTION = "settings"
+    RETURN_TYPES = (CONTRAST,)
+    RETURN_NAMES = ("contrast",)
+    OUTPUT_TOOLTIPS = ("Contrast settings; connect to Cross-Image Attention.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "strength": ("FLOAT", {"default": 1.67, "min": 0.0, "max": 10.0, "step": 0.01,
+                                   "tooltip": "beta in clip((A - mean) * beta + mean, 0, 1). Paper: 1.67. Higher gives crisper, more literal appearance matches; 1 turns it off; below 1 blends more appearance pixels."}),
+        }}
+
+    def settings(self, strength):
+        if not 0.0 <= strength <= 10.0:
+            raise ValueError(f"strength: must lie in [0, 10], got {strength}")
+        return (ContrastSettings(strength=float(strength)),)

@@ -1,3 +1,4 @@
-"""The custom ComfyUI socket type that carries a core.inversion.Inversion between nodes."""
-INVERSION = "CROSS_IMAGE_INVERSION"
+"""The pack's custom ComfyUI socket types and node category."""
+INVERSION = "CROSS_IMAGE_INVERSION"  # carries a core.inversion.Inversion
+CONTRAST = "CROSS_IMAGE_CONTRAST"    # carries attention_patch.ContrastSettings
 CATEGORY = "cross_image_attention"

@@ -9,12 +9,17 @@ import torch
 
 @pytest.fixture(scope="module")
 def core(pack):
+    """The pack's core package (as ComfyUI loaded it), every module imported."""
+    import importlib
+    import pkgutil
+    for module in pkgutil.iter_modules(pack.core.__path__):
+        importlib.import_module(f"{pack.core.__name__}.{module.name}")
     return pack.core
 
 
 def test_core_imports_without_comfyui():
     code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, "
-            "core.cross_attention, core.inversion; "
+            "core.cross_attention, core.inversion, core.contrast; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; "
             "assert not bad, bad" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -144,3 +149,57 @@ def test_inversion_pairing_errors(core):
         structure.check_pairs_with(_inversion(core, shape=(3, 4, 8, 8)), "structure", "appearance")
     with pytest.raises(ValueError, match="latents for"):
         core.inversion.Inversion(sigmas=torch.ones(3), trajectory=torch.zeros(2, 1, 4, 8, 8), model_key="m")
+
+
+def naive_contrast(q, k, v, heads, strength):
+    """The whole map at once, straight from the definition."""
+    b, n, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    a = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)
+    mean = 1.0 / k.shape[2]
+    a = torch.clamp((a - mean) * strength + mean, 0, 1)
+    return (a @ v).transpose(1, 2).reshape(b, n, inner)
+
+
+def test_contrast_by_hand(core):
+    """One query, two keys with scores 0 and ln 3: A = [1/4, 3/4]; strength 2 around mean 1/2
+    gives [0, 1] (clipped); the output is V's second row. Strength 3 would give [-1/4, 5/4]
+    before the clip: still [0, 1], no renormalisation needed there."""
+    q = torch.tensor([[[1.0]]])
+    k = torch.tensor([[[0.0], [torch.log(torch.tensor(3.0)).item()]]])
+    v = torch.tensor([[[10.0], [20.0]]])
+    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 1.0), torch.tensor([[[17.5]]]))
+    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 2.0), torch.tensor([[[20.0]]]))
+    # strength 1.5: [1/8, 7/8] -> 10/8 + 140/8
+    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 1.5), torch.tensor([[[18.75]]]))
+
+
+def test_contrast_rows_are_not_renormalised(core):
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 5, 4, generator=g), torch.randn(1, 7, 4, generator=g)
+    ones = torch.ones(1, 7, 4)
+    rows = core.contrast.contrast_attention(q, k, ones, 2, 3.0)  # V = 1: output = row sums
+    assert not torch.allclose(rows, torch.ones_like(rows))
+
+
+@pytest.mark.parametrize("budget", [1, 37, 1 << 24])
+def test_contrast_in_chunks_equals_the_whole_map(core, budget):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 24, 16, generator=g), torch.randn(2, 24, 16, generator=g), torch.randn(2, 24, 16, generator=g)
+    chunked = core.contrast.contrast_attention(q, k, v, 4, 1.67, budget_elements=budget)
+    assert torch.allclose(chunked, naive_contrast(q, k, v, 4, 1.67), atol=1e-6)
+
+
+def test_contrast_strength_one_is_plain_attention(core):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 9, 8, generator=g) for _ in range(3))
+    plain = torch.nn.functional.scaled_dot_product_attention(
+        *(t.view(1, 9, 2, 4).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(1, 9, 8)
+    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 2, 1.0), plain, atol=1e-6)
+
+
+def test_query_chunk(core):
+    assert core.contrast.query_chunk(heads=8, queries=4096, keys=4096, budget_elements=8 * 4096 * 512) == 512
+    assert core.contrast.query_chunk(heads=8, queries=10, keys=4096, budget_elements=1) == 1
+    assert core.contrast.query_chunk(heads=1, queries=10, keys=4, budget_elements=10 ** 6) == 10

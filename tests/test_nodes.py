@@ -241,3 +241,51 @@ def test_inversion_reports_progress_and_stops_on_interrupt(node, tiny_model, con
         comfy_nodes_module.interrupt_processing(False)
         comfy.utils.set_progress_bar_global_hook(None)
     assert attn1_keys(tiny_model) == set()
+
+
+def naive_attention(q, k, v, heads, strength=1.0):
+    b, n, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    a = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)
+    a = torch.clamp((a - 1 / k.shape[2]) * strength + 1 / k.shape[2], 0, 1)
+    return (a @ v).transpose(1, 2).reshape(b, n, inner)
+
+
+@pytest.mark.parametrize("strength", [1.0, 1.67])
+def test_patched_layer_applies_contrast_to_output_rows_only(node, pack, tiny_model, strength):
+    """One patched attn1 call on a cond+uncond batch [out0, out1, app] x 2, against the
+    definition: outputs attend to their chunk's appearance with contrast, appearances to
+    themselves without."""
+    inversion, _ = invert(node, tiny_model, latent(15), tiny_models.conditioning(0), steps=4)
+    (settings,) = node("CrossImageAttentionContrast").settings(strength)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, inversion, "0", 0.0, 1.0, settings)
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 4, 0)]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 20, 16, generator=g) for _ in range(3))
+    options = {"n_heads": 2, "attn_precision": None, "sigmas": torch.tensor([1.0] * 6),
+               "sample_sigmas": torch.tensor([2.0, 1.0, 0.0]),
+               "cross_image_layout": pack.nodes.attention_patch.BatchLayout(2, 1)}
+    out = replace(q, k, v, options)
+    for chunk in (0, 3):
+        app = chunk + 2
+        for row in (chunk, chunk + 1):
+            expected = naive_attention(q[row:row + 1], k[app:app + 1], v[app:app + 1], 2, strength)
+            assert torch.allclose(out[row:row + 1], expected, atol=1e-5)
+        assert torch.allclose(out[app:app + 1], naive_attention(q[app:app + 1], k[app:app + 1], v[app:app + 1], 2), atol=1e-5)
+
+
+def test_contrast_strength_one_equals_no_contrast_and_1_67_changes_the_output(node, tiny_model, cond):
+    structure, _ = invert(node, tiny_model, latent(16), cond, steps=5)
+    appearance, _ = invert(node, tiny_model, latent(17), cond, steps=5)
+    results = []
+    for contrast in (None, 1.0, 1.67):
+        settings = None if contrast is None else node("CrossImageAttentionContrast").settings(contrast)[0]
+        (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, settings)
+        results.append(node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0)[0]["samples"])
+    assert torch.equal(results[0], results[1])
+    assert (results[2] - results[0]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="strength"):
+        node("CrossImageAttentionContrast").settings(-1.0)
+    with pytest.raises(ValueError, match="contrast: expected settings"):
+        node("CrossImageAttention").patch(tiny_model, appearance, "0", 0.0, 1.0, 1.67)

@@ -1,0 +1,32 @@
+"""Attention-map contrast (Alaluf et al. 2024, sec. 4.2): after the softmax, each row of the
+output's attention map is pushed away from its mean,
+    A' = clip((A - mean) * beta + mean, 0, 1),   mean = 1 / N_keys,
+and, as in the paper's code, the rows are not renormalised. The clip makes this non-linear,
+so the map is materialised, but only for a chunk of queries at a time: memory is
+heads x chunk x N_keys instead of heads x N_queries x N_keys."""
+import torch
+
+
+def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> int:
+    """The most queries per chunk whose attention map fits `budget_elements` (at least 1)."""
+    return max(1, min(queries, budget_elements // max(1, heads * keys)))
+
+
+def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, strength: float,
+                       budget_elements: int = 1 << 24) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, Nq, heads*d), k and v (B, Nk, heads*d);
+    returns (B, Nq, heads*d). The probabilities are computed in float32."""
+    batch, queries, inner = q.shape
+    dim = inner // heads
+    q, k, v = (t.reshape(batch, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
+    keys = k.shape[2]
+    mean = 1.0 / keys
+    chunk = query_chunk(batch * heads, queries, keys, budget_elements)
+    out = torch.empty_like(q)
+    k_t = k.transpose(-1, -2).float()
+    for start in range(0, queries, chunk):
+        scores = (q[:, :, start:start + chunk].float() @ k_t) * dim ** -0.5
+        probs = scores.softmax(dim=-1)
+        probs = ((probs - mean) * strength + mean).clamp_(0.0, 1.0)
+        out[:, :, start:start + chunk] = (probs @ v.float()).to(out.dtype)
+    return out.transpose(1, 2).reshape(batch, queries, inner)
