@@ -1,8 +1,9 @@
 """Cross-image attention (Alaluf et al. 2024, eq. 2): the output's queries attend to the
 appearance image's keys and values, Attn(Q_out, K_app, V_app) = softmax(Q_out K_app^T / sqrt(d)) V_app.
 
-The model batch holds, per conditioning chunk, the output rows followed by the appearance
-rows: [out_0 .. out_{n_out-1}, app_0 .. app_{n_app-1}] repeated for cond/uncond chunks.
+The model batch holds, per conditioning chunk, the output rows, the appearance rows, and (when
+structure injection is on) the structure rows: [out_0 .. , app_0 .. , str_0 ..], repeated for
+the cond/uncond chunks.
 """
 from typing import Callable, Optional
 
@@ -11,18 +12,24 @@ import torch
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def key_value_sources(rows: int, n_outputs: int, n_appearances: int) -> torch.Tensor:
+def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structures: int = 0,
+                      from_structure: bool = False) -> torch.Tensor:
     """For each row of the model batch, the row whose keys and values it attends to.
 
     Output row j of a chunk takes appearance row j % n_appearances of the same chunk (one
-    appearance for all outputs, or one each); appearance rows keep their own."""
-    per_chunk = n_outputs + n_appearances
+    appearance for all outputs, or one each), or with `from_structure` its own structure row j
+    (structure injection); appearance and structure rows keep their own."""
+    per_chunk = n_outputs + n_appearances + n_structures
     if rows % per_chunk:
         raise ValueError(f"batch of {rows} rows is not a multiple of {n_outputs} outputs + "
-                         f"{n_appearances} appearances")
+                         f"{n_appearances} appearances + {n_structures} structures")
+    if from_structure and n_structures != n_outputs:
+        raise ValueError(f"structure injection needs one structure row per output ({n_structures} for {n_outputs})")
+    outputs = torch.arange(n_outputs)
+    offsets = n_outputs + n_appearances + outputs if from_structure else n_outputs + outputs % n_appearances
     sources = torch.arange(rows)
     for start in range(0, rows, per_chunk):
-        sources[start:start + n_outputs] = start + n_outputs + torch.arange(n_outputs) % n_appearances
+        sources[start:start + n_outputs] = start + offsets
     return sources
 
 

@@ -14,3 +14,9 @@ def in_step_range(index: int, steps: int, start: float, end: float) -> bool:
     The range is given as fractions of the denoising so one setting fits any step count
     (the paper's "from step 10 of 68" is start = 10 / 68 ~ 0.15)."""
     return round(start * steps) <= index < round(end * steps)
+
+
+def injects_structure(index: int, steps: int, every: int, until: float) -> bool:
+    """Structure key/value injection steps: every `every`-th step before round(until * steps)
+    (the paper's code: step % 5 == 0 and step < 40 of 68, i.e. until ~ 0.59); every = 0: never."""
+    return every > 0 and index % every == 0 and index < round(until * steps)

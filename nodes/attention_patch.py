@@ -8,7 +8,7 @@ import comfy.ldm.modules.attention as comfy_attention
 from ..core.contrast import contrast_attention
 from ..core.cross_attention import cross_image_attention, key_value_sources
 from ..core.inversion import Inversion
-from ..core.schedule import in_step_range, step_index
+from ..core.schedule import in_step_range, injects_structure, step_index
 
 SETTINGS_KEY = "cross_image_attention"   # in transformer_options, set by the attention node
 LAYOUT_KEY = "cross_image_layout"        # in transformer_options, set by the sampler node
@@ -27,6 +27,8 @@ class CrossImageSettings:
     start: float
     end: float
     contrast: float = 1.0
+    structure_every: int = 0
+    structure_until: float = 0.0
 
     def __deepcopy__(self, memo):
         return self  # immutable; ComfyUI deep-copies model options on every clone
@@ -34,36 +36,40 @@ class CrossImageSettings:
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """The model batch per conditioning chunk: n_outputs output rows, then n_appearances."""
+    """The model batch per conditioning chunk: output rows, appearance rows, structure rows."""
     n_outputs: int
     n_appearances: int
+    n_structures: int = 0
 
 
 class CrossImageSelfAttention:
     """attn1 replacement: plain self-attention, except inside the step range of a
     Cross-Image Sampler run, where the output rows use the appearance rows' keys and values."""
 
-    def __init__(self, start: float, end: float, contrast: float = 1.0):
-        self.start, self.end, self.contrast = start, end, contrast
+    def __init__(self, settings: CrossImageSettings):
+        self.settings = settings
 
     def __deepcopy__(self, memo):
         return self
 
-    def active(self, options) -> bool:
+    def step(self, options):
+        """(step index, number of steps) of the sampler run, or None outside a Cross-Image Sampler run."""
         schedule = options.get("sample_sigmas")
         if options.get(LAYOUT_KEY) is None or schedule is None:
-            return False
-        index = step_index(schedule, float(options["sigmas"].max()))
-        return in_step_range(index, schedule.shape[0] - 1, self.start, self.end)
+            return None
+        return step_index(schedule, float(options["sigmas"].max())), schedule.shape[0] - 1
 
     def __call__(self, q, k, v, extra_options):
         attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
                             attn_precision=extra_options.get("attn_precision"))
-        if not self.active(extra_options):
+        step, s = self.step(extra_options), self.settings
+        if step is None or not in_step_range(*step, s.start, s.end):
             return attention(q, k, v)
         layout = extra_options[LAYOUT_KEY]
-        sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances)
+        from_structure = layout.n_structures > 0 and injects_structure(*step, s.structure_every, s.structure_until)
+        sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances,
+                                    layout.n_structures, from_structure)
         swapped_attention = None  # strength 1 keeps ComfyUI's optimized attention for every row
-        if self.contrast != 1.0:
-            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=self.contrast)
+        if s.contrast != 1.0:
+            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=s.contrast)
         return cross_image_attention(q, k, v, sources, attention, swapped_attention)

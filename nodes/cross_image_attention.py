@@ -47,14 +47,21 @@ class CrossImageAttention:
             },
             "optional": {
                 "contrast": (CONTRAST, {"tooltip": "Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."}),
+                "structure_every": ("INT", {"default": 5, "min": 0, "max": 1000,
+                                            "tooltip": "Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."}),
+                "structure_until": ("FLOAT", {"default": 0.59, "min": 0.0, "max": 1.0, "step": 0.01,
+                                              "tooltip": "Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."}),
             },
         }
 
-    def patch(self, model, appearance, levels, start, end, contrast=None):
+    def patch(self, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
         if not isinstance(appearance, Inversion):
             raise ValueError(f"appearance: expected an inversion from an Invert node, got {type(appearance).__name__}")
         if appearance.model_key != model_key(model):
             raise ValueError("appearance: this inversion was made with a different model; invert with the same model")
+        if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
+            raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
+                             f"got {structure_every} and {structure_until}")
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
         if contrast is not None and not isinstance(contrast, ContrastSettings):
@@ -63,12 +70,13 @@ class CrossImageAttention:
         layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
         chosen = parse_levels(levels, len(layers))
         patched = model.clone()
-        attention = CrossImageSelfAttention(start, end, strength)
+        settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,
+                                      structure_every=int(structure_every), structure_until=float(structure_until))
+        attention = CrossImageSelfAttention(settings)
         for level in chosen:
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)
-        patched.model_options["transformer_options"][SETTINGS_KEY] = CrossImageSettings(
-            appearance=appearance, levels=chosen, start=start, end=end, contrast=strength)
+        patched.model_options["transformer_options"][SETTINGS_KEY] = settings
         return (patched,)
 
 

@@ -46,10 +46,14 @@ class CrossImageSampler:
         settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
         if settings is not None:
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
-            start = torch.cat([start, settings.appearance.noisy])
+            # [outputs | appearances | structures]: the outputs start from the structure's noise;
+            # with structure injection the structure is also denoised on its own, to lend its keys.
+            injection = settings.structure_every > 0 and settings.structure_until > 0
+            rows = [start, settings.appearance.noisy] + ([structure.noisy] if injection else [])
+            start = torch.cat(rows)
             model = model.clone()
             model.model_options["transformer_options"][LAYOUT_KEY] = BatchLayout(
-                structure.batch_size, settings.appearance.batch_size)
+                structure.batch_size, settings.appearance.batch_size, structure.batch_size if injection else 0)
         guider = make_guider(model, positive, negative, cfg)
         samples = run_sampler(guider, comfy.samplers.sampler_object(sampler_name), structure.sigmas, start)
         return ({"samples": samples[:structure.batch_size]},)

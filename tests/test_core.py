@@ -79,6 +79,18 @@ def test_key_value_sources(core):
     assert sources(4, 2, 2).tolist() == [2, 3, 2, 3]
     with pytest.raises(ValueError, match="not a multiple"):
         sources(5, 2, 1)
+    # [out0, out1, app, str0, str1] x 2 chunks; injection steps take the structure rows
+    assert sources(10, 2, 1, 2).tolist() == [2, 2, 2, 3, 4, 7, 7, 7, 8, 9]
+    assert sources(10, 2, 1, 2, from_structure=True).tolist() == [3, 4, 2, 3, 4, 8, 9, 7, 8, 9]
+    with pytest.raises(ValueError, match="one structure row per output"):
+        sources(4, 2, 1, 1, from_structure=True)
+
+
+def test_structure_injection_steps_match_the_paper(core):
+    # paper's code: step % 5 == 0 and step < 40, of 68 steps; 0.59 * 68 = 40.1 rounds to 40
+    steps = [i for i in range(68) if core.schedule.injects_structure(i, 68, 5, 0.59)]
+    assert steps == list(range(0, 40, 5))
+    assert not any(core.schedule.injects_structure(i, 68, 0, 1.0) for i in range(68))
 
 
 def test_cross_image_attention_passes_swapped_keys_values(core):

@@ -91,7 +91,7 @@ def record_attention(model, pack):
         return step_index(options["sample_sigmas"], float(options["sigmas"].max()))
 
     def every_attn1(n, context, value, options):
-        calls.append(("any", options["block"] + (options["block_index"],), step(options), None))
+        calls.append(("any", options["block"] + (options["block_index"],), step(options), n.shape[0]))
         return n, context, value
 
     def wrap(key, replace):
@@ -119,6 +119,7 @@ def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny
 
     all_layers = {key for kind, key, _, _ in calls if kind == "any"}
     assert len(all_layers) == 4 + 1 + 8  # encoder, middle, decoder attn1 layers (transformer indices counted)
+    assert {rows for kind, _, _, rows in calls if kind == "any"} == {3}  # output, appearance, structure
     replaced = {(key, step) for kind, key, step, _ in calls if kind == "replace"}
     assert {key for key, _ in replaced} == FINEST_TWO
     swapped = {(key, step) for kind, key, step, differs in calls if kind == "replace" and differs}
@@ -264,7 +265,7 @@ def test_patched_layer_applies_contrast_to_output_rows_only(node, pack, tiny_mod
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 20, 16, generator=g) for _ in range(3))
     options = {"n_heads": 2, "attn_precision": None, "sigmas": torch.tensor([1.0] * 6),
-               "sample_sigmas": torch.tensor([2.0, 1.0, 0.0]),
+               "sample_sigmas": torch.tensor([2.0, 1.0, 0.0]),  # step 1 of 2: no structure injection
                "cross_image_layout": pack.nodes.attention_patch.BatchLayout(2, 1)}
     out = replace(q, k, v, options)
     for chunk in (0, 3):
@@ -289,3 +290,34 @@ def test_contrast_strength_one_equals_no_contrast_and_1_67_changes_the_output(no
         node("CrossImageAttentionContrast").settings(-1.0)
     with pytest.raises(ValueError, match="contrast: expected settings"):
         node("CrossImageAttention").patch(tiny_model, appearance, "0", 0.0, 1.0, 1.67)
+
+
+@pytest.mark.parametrize("step, from_structure", [(5, True), (6, False), (10, False)])
+def test_structure_injection_steps_take_the_structure_keys(node, pack, tiny_model, step, from_structure):
+    """Batch [out0, app, str0] x 2 at 12 steps, injection every 5 steps until 0.75 (step 9):
+    step 5 takes the structure row's keys and values, steps 6 and 10 the appearance's."""
+    inversion, _ = invert(node, tiny_model, latent(18), tiny_models.conditioning(0), steps=4)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, inversion, "0", 0.0, 1.0, None, 5, 0.75)
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 5, 1)]
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(6, 12, 16, generator=g) for _ in range(3))
+    schedule = torch.linspace(12.0, 0.0, 13)
+    options = {"n_heads": 2, "attn_precision": None, "sigmas": schedule[step].repeat(6),
+               "sample_sigmas": schedule, "cross_image_layout": pack.nodes.attention_patch.BatchLayout(1, 1, 1)}
+    out = replace(q, k, v, options)
+    for chunk in (0, 3):
+        source = chunk + (2 if from_structure else 1)
+        expected = naive_attention(q[chunk:chunk + 1], k[source:source + 1], v[source:source + 1], 2)
+        assert torch.allclose(out[chunk:chunk + 1], expected, atol=1e-5)
+        for own in (chunk + 1, chunk + 2):
+            assert torch.allclose(out[own:own + 1], naive_attention(q[own:own + 1], k[own:own + 1], v[own:own + 1], 2), atol=1e-5)
+
+
+def test_structure_injection_off_keeps_a_batch_of_two(node, pack, tiny_model, cond):
+    structure, _ = invert(node, tiny_model, latent(19), cond, steps=3)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0", 0.0, 1.0, None, 0, 0.59)
+    instrumented, calls = record_attention(patched, pack)
+    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0)
+    assert {rows for kind, _, _, rows in calls if kind == "any"} == {2}
+    with pytest.raises(ValueError, match="structure_every/structure_until"):
+        node("CrossImageAttention").patch(tiny_model, structure, "0", 0.0, 1.0, None, -1, 0.59)
