@@ -1,5 +1,6 @@
 """ComfyUI node classes of the pack, registered by the package's __init__."""
 from .adain_image import CrossImageAdaINImage
+from .appearance_guidance import CrossImageAppearanceGuidance
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
@@ -10,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "CrossImageAttention": CrossImageAttention,
     "CrossImageAttentionContrast": CrossImageAttentionContrast,
     "CrossImageSampler": CrossImageSampler,
+    "CrossImageAppearanceGuidance": CrossImageAppearanceGuidance,
     "CrossImageAdaINImage": CrossImageAdaINImage,
     "CrossImageSaveInversion": CrossImageSaveInversion,
     "CrossImageLoadInversion": CrossImageLoadInversion,
@@ -20,6 +22,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageAttention": "Cross-Image Attention",
     "CrossImageAttentionContrast": "Attention Contrast",
     "CrossImageSampler": "Cross-Image Sampler",
+    "CrossImageAppearanceGuidance": "Appearance Guidance",
     "CrossImageAdaINImage": "AdaIN (Image)",
     "CrossImageSaveInversion": "Save Inversion",
     "CrossImageLoadInversion": "Load Inversion",

@@ -7,14 +7,14 @@ import latent_preview
 import torch
 
 
-def make_guider(model, positive, negative, cfg: float):
-    """A CFGGuider; `negative` may be None only when cfg is 1 (no unconditional pass)."""
+def make_guider(model, positive, negative, cfg: float, guider_class=comfy.samplers.CFGGuider):
+    """A CFGGuider (or subclass); `negative` may be None only when cfg is 1 (no unconditional pass)."""
     conds = {"positive": positive}
     if negative is not None:
         conds["negative"] = negative
     elif cfg != 1.0:
         raise ValueError(f"negative: a negative conditioning is required when cfg is {cfg} (not 1.0)")
-    guider = comfy.samplers.CFGGuider(model)
+    guider = guider_class(model)
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
     return guider

@@ -4,9 +4,10 @@ import comfy.samplers
 import torch
 
 from ..core.inversion import Inversion
-from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout
+from .appearance_guidance import AppearanceGuider
+from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings
 from .guided_sampling import make_guider, run_sampler
-from .inversion_type import CATEGORY, INVERSION
+from .inversion_type import CATEGORY, GUIDANCE, INVERSION
 from .model_info import model_key
 
 
@@ -34,16 +35,21 @@ class CrossImageSampler:
             },
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
+                "guidance": (GUIDANCE, {"tooltip": "Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."}),
             },
         }
 
-    def sample(self, model, positive, structure, sampler_name, cfg, negative=None):
+    def sample(self, model, positive, structure, sampler_name, cfg, negative=None, guidance=None):
         if not isinstance(structure, Inversion):
             raise ValueError(f"structure: expected an inversion from an Invert node, got {type(structure).__name__}")
         if structure.model_key != model_key(model):
             raise ValueError("structure: this inversion was made with a different model; invert with the same model")
         start = structure.noisy
+        if guidance is not None and not isinstance(guidance, GuidanceSettings):
+            raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
         settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
+        if guidance is not None and settings is None:
+            raise ValueError("guidance: appearance guidance needs a model from Cross-Image Attention")
         if settings is not None:
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
             # [outputs | appearances | structures]: the outputs start from the structure's noise;
@@ -54,6 +60,9 @@ class CrossImageSampler:
             model = model.clone()
             model.model_options["transformer_options"][LAYOUT_KEY] = BatchLayout(
                 structure.batch_size, settings.appearance.batch_size, structure.batch_size if injection else 0)
-        guider = make_guider(model, positive, negative, cfg)
+        guider_class = comfy.samplers.CFGGuider
+        if guidance is not None:
+            guider_class = lambda patcher: AppearanceGuider(patcher, guidance, structure.batch_size)  # noqa: E731
+        guider = make_guider(model, positive, negative, cfg, guider_class)
         samples = run_sampler(guider, comfy.samplers.sampler_object(sampler_name), structure.sigmas, start)
         return ({"samples": samples[:structure.batch_size]},)

@@ -215,3 +215,16 @@ def test_query_chunk(core):
     assert core.contrast.query_chunk(heads=8, queries=4096, keys=4096, budget_elements=8 * 4096 * 512) == 512
     assert core.contrast.query_chunk(heads=8, queries=10, keys=4096, budget_elements=1) == 1
     assert core.contrast.query_chunk(heads=1, queries=10, keys=4, budget_elements=10 ** 6) == 10
+
+
+def test_guidance_schedule_matches_the_paper(core):
+    import numpy as np
+    paper = np.linspace(3.5, max(3.5 / 2, 1), 68)
+    scales = [core.guidance.guidance_scale(i, 68, 3.5, 1.75, 0.15) for i in range(68)]
+    assert scales[:10] == [None] * 10
+    assert np.allclose(scales[10:], paper[10:])
+    assert core.guidance.guidance_scale(0, 1, 2.0, 1.0, 0.0) == 2.0
+
+
+def test_guide_by_hand(core):
+    assert torch.equal(core.guidance.guide(torch.tensor([1.0]), torch.tensor([3.0]), 2.5), torch.tensor([6.0]))

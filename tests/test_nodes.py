@@ -321,3 +321,37 @@ def test_structure_injection_off_keeps_a_batch_of_two(node, pack, tiny_model, co
     assert {rows for kind, _, _, rows in calls if kind == "any"} == {2}
     with pytest.raises(ValueError, match="structure_every/structure_until"):
         node("CrossImageAttention").patch(tiny_model, structure, "0", 0.0, 1.0, None, -1, 0.59)
+
+
+def guidance(node, scale, end_scale, start):
+    return node("CrossImageAppearanceGuidance").settings(scale, end_scale, start)[0]
+
+
+def test_appearance_guidance_runs_the_plain_pass_on_output_rows_on_guided_steps(node, pack, tiny_model, cond):
+    structure, _ = invert(node, tiny_model, latent(20, batch=2), cond, steps=10)
+    appearance, _ = invert(node, tiny_model, latent(21), cond, steps=10)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    instrumented, calls = record_attention(patched, pack)
+    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.3))
+    middle = [(step, rows) for kind, key, step, rows in calls if kind == "any" and key[0] == "middle"]
+    assert middle == [(i, 3) for i in range(3)] + [x for i in range(3, 10) for x in ((i, 3), (i, 2))]
+
+
+def test_appearance_guidance_limits(node, tiny_model, cond):
+    """Scale 1 is the cross-image prediction itself; scale 0 from step 0 is the plain model."""
+    structure, _ = invert(node, tiny_model, latent(22), cond, steps=5)
+    appearance, _ = invert(node, tiny_model, latent(23), cond, steps=5)
+    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    sample = node("CrossImageSampler").sample
+    (unguided,) = sample(patched, cond, structure, "euler", 1.0)
+    (one,) = sample(patched, cond, structure, "euler", 1.0, None, guidance(node, 1.0, 1.0, 0.0))
+    assert_same_up_to_batching(one["samples"], unguided["samples"])
+    (zero,) = sample(patched, cond, structure, "euler", 1.0, None, guidance(node, 0.0, 0.0, 0.0))
+    (plain,) = sample(tiny_model, cond, structure, "euler", 1.0)
+    assert_same_up_to_batching(zero["samples"], plain["samples"])
+    (paper,) = sample(patched, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.0))
+    assert (paper["samples"] - unguided["samples"]).abs().max() > 1.0
+    with pytest.raises(ValueError, match="guidance: appearance guidance needs a model from Cross-Image Attention"):
+        sample(tiny_model, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.0))
+    with pytest.raises(ValueError, match="end_scale"):
+        node("CrossImageAppearanceGuidance").settings(3.5, -1.0, 0.1)

@@ -1,0 +1,66 @@
+"""Appearance Guidance: a ComfyUI guider that extrapolates the output's prediction from the
+plain model towards the cross-image one (core/guidance.py)."""
+import comfy.samplers
+import torch
+
+from ..core.guidance import guidance_scale, guide
+from ..core.schedule import step_index
+from .attention_patch import LAYOUT_KEY, GuidanceSettings
+from .inversion_type import CATEGORY, GUIDANCE
+
+
+class AppearanceGuider(comfy.samplers.CFGGuider):
+    """CFGGuider whose prediction for the output rows is guided by the no-swap prediction.
+
+    The no-swap pass runs on the output rows alone: the appearance and structure rows are not
+    changed by the swap, so their prediction is the same either way."""
+
+    def __init__(self, model_patcher, settings: GuidanceSettings, n_outputs: int):
+        super().__init__(model_patcher)
+        self.settings, self.n_outputs = settings, n_outputs
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        swap = super().predict_noise(x, timestep, model_options, seed)
+        schedule = model_options["transformer_options"]["sample_sigmas"]
+        index = step_index(schedule, float(timestep.max()))
+        s = self.settings
+        scale = guidance_scale(index, schedule.shape[0] - 1, s.scale, s.end_scale, s.start)
+        if scale is None:
+            return swap
+        plain_options = {**model_options, "transformer_options": {
+            k: v for k, v in model_options["transformer_options"].items() if k != LAYOUT_KEY}}
+        n = self.n_outputs
+        no_swap = comfy.samplers.sampling_function(
+            self.inner_model, x[:n], timestep[:n], self.conds.get("negative"), self.conds.get("positive"),
+            self.cfg, model_options=plain_options, seed=seed)
+        return torch.cat([guide(no_swap, swap[:n], scale), swap[n:]])
+
+
+class CrossImageAppearanceGuidance:
+    DESCRIPTION = ("Appearance guidance (paper, sec. 4.3): from a chosen step on, the output's "
+                   "prediction is pushed from the plain model's towards the cross-image one: "
+                   "eps = eps_plain + s * (eps_cross - eps_plain), s falling linearly from scale to "
+                   "end_scale. Connect to Cross-Image Sampler. Costs one extra model pass on the "
+                   "output latent per guided step.")
+    CATEGORY = CATEGORY
+    FUNCTION = "settings"
+    RETURN_TYPES = (GUIDANCE,)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Guidance settings; connect to Cross-Image Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 30.0, "step": 0.05,
+                                "tooltip": "Guidance at the first step (paper: 3.5). Higher transfers more appearance; 1 is no guidance; 0 removes the cross-image effect on guided steps."}),
+            "end_scale": ("FLOAT", {"default": 1.75, "min": 0.0, "max": 30.0, "step": 0.05,
+                                    "tooltip": "Guidance at the last step (paper: max(3.5 / 2, 1) = 1.75); the scale falls linearly in between."}),
+            "start": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Fraction of the steps after which guidance applies (paper: step 10 of 68, 0.15)."}),
+        }}
+
+    def settings(self, scale, end_scale, start):
+        for name, value, top in (("scale", scale, 30.0), ("end_scale", end_scale, 30.0), ("start", start, 1.0)):
+            if not 0.0 <= value <= top:
+                raise ValueError(f"{name}: must lie in [0, {top}], got {value}")
+        return (GuidanceSettings(float(scale), float(end_scale), float(start)),)
