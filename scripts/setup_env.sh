@@ -75,4 +75,18 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# 4. A browser for the tests that drive the real ComfyUI frontend (tests/test_browser.py):
+#    Debian's chromium, driven by playwright (whose own browser download is not used).
+#    Only for the test command (run_tests.sh sets CIA_WITH_BROWSER=1), not for transfers.
+if [ "${CIA_WITH_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing chromium (Debian package) for the browser tests"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null ||
+      log "installing chromium failed: the browser tests will fail"
+  else
+    log "no /usr/bin/chromium and not root: install Debian's chromium (apt-get install chromium) or the browser tests fail"
+  fi
+fi
+
 export PY="$py" COMFYUI_PATH="$comfy"
