@@ -3,6 +3,7 @@ from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
+from .latent_adain import CrossImageLatentAdaIN
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
 
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "CrossImageAttentionContrast": CrossImageAttentionContrast,
     "CrossImageSampler": CrossImageSampler,
     "CrossImageAppearanceGuidance": CrossImageAppearanceGuidance,
+    "CrossImageLatentAdaIN": CrossImageLatentAdaIN,
     "CrossImageAdaINImage": CrossImageAdaINImage,
     "CrossImageSaveInversion": CrossImageSaveInversion,
     "CrossImageLoadInversion": CrossImageLoadInversion,
@@ -23,6 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageAttentionContrast": "Attention Contrast",
     "CrossImageSampler": "Cross-Image Sampler",
     "CrossImageAppearanceGuidance": "Appearance Guidance",
+    "CrossImageLatentAdaIN": "Latent AdaIN",
     "CrossImageAdaINImage": "AdaIN (Image)",
     "CrossImageSaveInversion": "Save Inversion",
     "CrossImageLoadInversion": "Load Inversion",

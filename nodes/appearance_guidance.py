@@ -1,39 +1,6 @@
-"""Appearance Guidance: a ComfyUI guider that extrapolates the output's prediction from the
-plain model towards the cross-image one (core/guidance.py)."""
-import comfy.samplers
-import torch
-
-from ..core.guidance import guidance_scale, guide
-from ..core.schedule import step_index
-from .attention_patch import LAYOUT_KEY, GuidanceSettings
+"""Appearance Guidance: settings for the Cross-Image Sampler's guider (cross_image_guider.py)."""
+from .attention_patch import GuidanceSettings
 from .inversion_type import CATEGORY, GUIDANCE
-
-
-class AppearanceGuider(comfy.samplers.CFGGuider):
-    """CFGGuider whose prediction for the output rows is guided by the no-swap prediction.
-
-    The no-swap pass runs on the output rows alone: the appearance and structure rows are not
-    changed by the swap, so their prediction is the same either way."""
-
-    def __init__(self, model_patcher, settings: GuidanceSettings, n_outputs: int):
-        super().__init__(model_patcher)
-        self.settings, self.n_outputs = settings, n_outputs
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        swap = super().predict_noise(x, timestep, model_options, seed)
-        schedule = model_options["transformer_options"]["sample_sigmas"]
-        index = step_index(schedule, float(timestep.max()))
-        s = self.settings
-        scale = guidance_scale(index, schedule.shape[0] - 1, s.scale, s.end_scale, s.start)
-        if scale is None:
-            return swap
-        plain_options = {**model_options, "transformer_options": {
-            k: v for k, v in model_options["transformer_options"].items() if k != LAYOUT_KEY}}
-        n = self.n_outputs
-        no_swap = comfy.samplers.sampling_function(
-            self.inner_model, x[:n], timestep[:n], self.conds.get("negative"), self.conds.get("positive"),
-            self.cfg, model_options=plain_options, seed=seed)
-        return torch.cat([guide(no_swap, swap[:n], scale), swap[n:]])
 
 
 class CrossImageAppearanceGuidance:

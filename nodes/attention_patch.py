@@ -81,3 +81,13 @@ class GuidanceSettings:
     scale: float = 3.5
     end_scale: float = 1.75
     start: float = 0.15
+
+
+@dataclass(frozen=True, eq=False)
+class LatentAdaINSettings:
+    """AdaIN of the output latents to the appearance latents after steps in [start, end)
+    (paper: steps 20 to the end of 68), optionally within masks."""
+    start: float = 0.29
+    end: float = 1.0
+    structure_mask: object = None
+    appearance_mask: object = None

@@ -4,10 +4,10 @@ import comfy.samplers
 import torch
 
 from ..core.inversion import Inversion
-from .appearance_guidance import AppearanceGuider
-from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings
+from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings
+from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
-from .inversion_type import CATEGORY, GUIDANCE, INVERSION
+from .inversion_type import CATEGORY, GUIDANCE, INVERSION, LATENT_ADAIN
 from .model_info import model_key
 
 
@@ -36,10 +36,11 @@ class CrossImageSampler:
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
                 "guidance": (GUIDANCE, {"tooltip": "Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."}),
+                "latent_adain": (LATENT_ADAIN, {"tooltip": "AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."}),
             },
         }
 
-    def sample(self, model, positive, structure, sampler_name, cfg, negative=None, guidance=None):
+    def sample(self, model, positive, structure, sampler_name, cfg, negative=None, guidance=None, latent_adain=None):
         if not isinstance(structure, Inversion):
             raise ValueError(f"structure: expected an inversion from an Invert node, got {type(structure).__name__}")
         if structure.model_key != model_key(model):
@@ -47,9 +48,13 @@ class CrossImageSampler:
         start = structure.noisy
         if guidance is not None and not isinstance(guidance, GuidanceSettings):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
+        if latent_adain is not None and not isinstance(latent_adain, LatentAdaINSettings):
+            raise ValueError(f"latent_adain: expected settings from the Latent AdaIN node, got {type(latent_adain).__name__}")
         settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
-        if guidance is not None and settings is None:
-            raise ValueError("guidance: appearance guidance needs a model from Cross-Image Attention")
+        for name, extra in (("guidance", guidance), ("latent_adain", latent_adain)):
+            if extra is not None and settings is None:
+                raise ValueError(f"{name}: needs a model from Cross-Image Attention (it works on the appearance latent)")
+        guider_class = comfy.samplers.CFGGuider
         if settings is not None:
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
             # [outputs | appearances | structures]: the outputs start from the structure's noise;
@@ -57,12 +62,13 @@ class CrossImageSampler:
             injection = settings.structure_every > 0 and settings.structure_until > 0
             rows = [start, settings.appearance.noisy] + ([structure.noisy] if injection else [])
             start = torch.cat(rows)
+            layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
+                                 structure.batch_size if injection else 0)
             model = model.clone()
-            model.model_options["transformer_options"][LAYOUT_KEY] = BatchLayout(
-                structure.batch_size, settings.appearance.batch_size, structure.batch_size if injection else 0)
-        guider_class = comfy.samplers.CFGGuider
-        if guidance is not None:
-            guider_class = lambda patcher: AppearanceGuider(patcher, guidance, structure.batch_size)  # noqa: E731
+            model.model_options["transformer_options"][LAYOUT_KEY] = layout
+            guider_class = lambda patcher: CrossImageGuider(patcher, layout, guidance, latent_adain)  # noqa: E731
         guider = make_guider(model, positive, negative, cfg, guider_class)
         samples = run_sampler(guider, comfy.samplers.sampler_object(sampler_name), structure.sigmas, start)
+        if isinstance(guider, CrossImageGuider):
+            samples = guider.finish(samples, structure.sigmas)
         return ({"samples": samples[:structure.batch_size]},)

@@ -40,7 +40,8 @@ def test_nodes_are_registered_with_display_names_and_category(comfy_nodes, ours)
 
 def test_every_input_and_output_is_documented_and_typed(ours, pack):
     known = CORE_TYPES | {pack.nodes.inversion_type.INVERSION, pack.nodes.inversion_type.CONTRAST,
-                           pack.nodes.inversion_type.GUIDANCE}
+                           pack.nodes.inversion_type.GUIDANCE,
+                           pack.nodes.inversion_type.LATENT_ADAIN}
     for name, cls in ours.items():
         for section, specs in inputs_of(cls).items():
             for input_name, spec in specs.items():

@@ -1,0 +1,69 @@
+"""The Cross-Image Sampler's guider: ComfyUI's CFGGuider plus the paper's per-step extras on
+the output rows: appearance guidance (core/guidance.py) and AdaIN on latents (core/adain.py)."""
+import comfy.samplers
+import torch
+import torch.nn.functional as F
+
+from ..core.adain import adain
+from ..core.guidance import guidance_scale, guide
+from ..core.schedule import in_step_range, step_index
+from .attention_patch import LAYOUT_KEY
+
+
+def latent_mask(mask, latent, name):
+    """A ComfyUI MASK (B or 1, H, W) resized to the latent's height and width."""
+    if mask is None:
+        return None
+    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(latent)
+    if mask.shape[0] not in (1, latent.shape[0]):
+        raise ValueError(f"{name}: {mask.shape[0]} masks for {latent.shape[0]} latents")
+    return F.interpolate(mask, size=latent.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+class CrossImageGuider(comfy.samplers.CFGGuider):
+    """Samples the batch [outputs | appearances | structures] (attention_patch.BatchLayout).
+
+    guidance: the output rows' prediction is no_swap + s_i (swap - no_swap); the no-swap pass
+    runs on the output rows alone, since the swap does not change the other rows.
+    latent_adain: after each step in its range, the output latents take the appearance
+    latents' per-channel statistics. ComfyUI's samplers have no hook between steps, so this is
+    applied, in place, to the latent handed to the next model call (the sampler continues
+    from it), and to the final latent by `finish`. Made for one model call per step
+    (euler/ddim, ddpm, the ancestral samplers)."""
+
+    def __init__(self, model_patcher, layout, guidance=None, latent_adain=None):
+        super().__init__(model_patcher)
+        self.layout, self.guidance, self.latent_adain = layout, guidance, latent_adain
+
+    def match_appearance(self, x, finished_step, steps):
+        s, n = self.latent_adain, self.layout.n_outputs
+        if s is None or not in_step_range(finished_step, steps, s.start, s.end):
+            return
+        appearance = x[n:n + self.layout.n_appearances]
+        x[:n] = adain(x[:n], appearance, latent_mask(s.structure_mask, x[:n], "structure_mask"),
+                      latent_mask(s.appearance_mask, appearance, "appearance_mask"),
+                      mask_names=("structure_mask", "appearance_mask"))
+
+    def finish(self, samples, sigmas):
+        """AdaIN after the last step (on the LATENT-space result: AdaIN commutes with the
+        latent format's per-channel scale and shift)."""
+        self.match_appearance(samples, sigmas.shape[0] - 2, sigmas.shape[0] - 1)
+        return samples
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        schedule = model_options["transformer_options"]["sample_sigmas"]
+        steps, index = schedule.shape[0] - 1, step_index(schedule, float(timestep.max()))
+        if index > 0:
+            self.match_appearance(x, index - 1, steps)
+        swap = super().predict_noise(x, timestep, model_options, seed)
+        g = self.guidance
+        scale = None if g is None else guidance_scale(index, steps, g.scale, g.end_scale, g.start)
+        if scale is None:
+            return swap
+        plain_options = {**model_options, "transformer_options": {
+            k: v for k, v in model_options["transformer_options"].items() if k != LAYOUT_KEY}}
+        n = self.layout.n_outputs
+        no_swap = comfy.samplers.sampling_function(
+            self.inner_model, x[:n], timestep[:n], self.conds.get("negative"), self.conds.get("positive"),
+            self.cfg, model_options=plain_options, seed=seed)
+        return torch.cat([guide(no_swap, swap[:n], scale), swap[n:]])
