@@ -1,5 +1,6 @@
 """The result of inverting a latent: its whole noising trajectory, in sampling order."""
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -13,13 +14,16 @@ class Inversion:
                 model's own latent space (after ComfyUI's process_latent_in);
                 trajectory[-1] is the inverted (clean) latent, trajectory[0] the noisiest.
     model_key:  identifies the kind of model that made it; sampling checks it.
-    method:     "ddim".
+    method:     "ddim" or "ddpm" (edit-friendly).
+    noise:      (n, B, C, H, W) for "ddpm": noise[i] is the noise map of the step from
+                sigmas[i] to sigmas[i + 1]; None for "ddim".
     """
 
     sigmas: torch.Tensor
     trajectory: torch.Tensor
     model_key: str
     method: str = "ddim"
+    noise: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.sigmas.ndim != 1 or self.trajectory.ndim < 3:
@@ -27,6 +31,10 @@ class Inversion:
         if self.trajectory.shape[0] != self.sigmas.shape[0]:
             raise ValueError(
                 f"inversion: {self.trajectory.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
+        if (self.noise is not None) != (self.method == "ddpm"):
+            raise ValueError("inversion: DDPM inversions carry noise maps, DDIM inversions none")
+        if self.noise is not None and self.noise.shape != (self.steps,) + tuple(self.trajectory.shape[1:]):
+            raise ValueError(f"inversion: noise maps of shape {tuple(self.noise.shape)} do not fit the trajectory")
 
     def __deepcopy__(self, memo):
         # Immutable: ComfyUI deep-copies model options on every clone; share, don't copy.
@@ -55,6 +63,8 @@ class Inversion:
     def to_tensors(self):
         """(tensors, metadata) for a safetensors file: no code, only arrays and strings."""
         tensors = {"sigmas": self.sigmas.contiguous(), "trajectory": self.trajectory.contiguous()}
+        if self.noise is not None:
+            tensors["noise"] = self.noise.contiguous()
         metadata = {"format": self.FILE_FORMAT, "version": self.FILE_VERSION,
                     "model_key": self.model_key, "method": self.method}
         return tensors, metadata
@@ -71,13 +81,16 @@ class Inversion:
         missing = {"sigmas", "trajectory"} - set(tensors)
         if missing:
             raise ValueError(f"{name}: saved inversion lacks {sorted(missing)}")
-        return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"],
-                   model_key=metadata["model_key"], method=metadata.get("method", "ddim"))
+        return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"], model_key=metadata["model_key"],
+                   method=metadata.get("method", "ddim"), noise=tensors.get("noise"))
 
     def check_pairs_with(self, other: "Inversion", name: str, other_name: str) -> None:
         """Raise a ValueError naming both inputs unless the two can be sampled together."""
         if self.model_key != other.model_key:
             raise ValueError(f"{name} and {other_name} were inverted with different models")
+        if self.method != other.method:
+            raise ValueError(f"{name} was inverted with {self.method.upper()} but {other_name} with "
+                             f"{other.method.upper()}: use the same Invert node for both")
         if self.trajectory.shape[2:] != other.trajectory.shape[2:]:
             raise ValueError(
                 f"{name} latent is {tuple(self.trajectory.shape[2:])} but {other_name} latent is "

@@ -3,12 +3,14 @@ from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
+from .invert_ddpm import CrossImageInvertDDPM
 from .latent_adain import CrossImageLatentAdaIN
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
 
 NODE_CLASS_MAPPINGS = {
     "CrossImageInvertDDIM": CrossImageInvertDDIM,
+    "CrossImageInvertDDPM": CrossImageInvertDDPM,
     "CrossImageAttention": CrossImageAttention,
     "CrossImageAttentionContrast": CrossImageAttentionContrast,
     "CrossImageSampler": CrossImageSampler,
@@ -21,6 +23,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageInvertDDIM": "Invert (DDIM)",
+    "CrossImageInvertDDPM": "Invert (Edit-Friendly DDPM)",
     "CrossImageAttention": "Cross-Image Attention",
     "CrossImageAttentionContrast": "Attention Contrast",
     "CrossImageSampler": "Cross-Image Sampler",

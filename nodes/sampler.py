@@ -4,11 +4,22 @@ import comfy.samplers
 import torch
 
 from ..core.inversion import Inversion
+from ..core.schedule import step_index
 from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .inversion_type import CATEGORY, GUIDANCE, INVERSION, LATENT_ADAIN
 from .model_info import model_key
+
+
+def noise_replay(rows, schedule):
+    """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
+    noise map from its inversion (outputs: the structure's), as the paper's sampling does."""
+    noise = torch.cat([inversion.noise for inversion in rows], dim=1)
+
+    def replay(sigma, sigma_next):
+        return noise[step_index(schedule, float(sigma))].to(sigma.device)
+    return replay
 
 
 class CrossImageSampler:
@@ -29,7 +40,7 @@ class CrossImageSampler:
                 "positive": ("CONDITIONING", {"tooltip": "The prompt, the same one the images were inverted with."}),
                 "structure": (INVERSION, {"tooltip": "Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."}),
                 "sampler_name": (comfy.samplers.SAMPLER_NAMES, {"default": "euler",
-                                 "tooltip": "ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; stochastic samplers drift away from it."}),
+                                 "tooltip": "ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; an edit-friendly DDPM inversion needs ddpm, which replays its noise maps."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."}),
             },
@@ -45,30 +56,36 @@ class CrossImageSampler:
             raise ValueError(f"structure: expected an inversion from an Invert node, got {type(structure).__name__}")
         if structure.model_key != model_key(model):
             raise ValueError("structure: this inversion was made with a different model; invert with the same model")
-        start = structure.noisy
         if guidance is not None and not isinstance(guidance, GuidanceSettings):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
         if latent_adain is not None and not isinstance(latent_adain, LatentAdaINSettings):
             raise ValueError(f"latent_adain: expected settings from the Latent AdaIN node, got {type(latent_adain).__name__}")
+        if structure.noise is not None and sampler_name != "ddpm":
+            raise ValueError(f"sampler_name: an edit-friendly DDPM inversion is sampled with ddpm (it replays "
+                             f"the inversion's noise maps), not {sampler_name}")
         settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
         for name, extra in (("guidance", guidance), ("latent_adain", latent_adain)):
             if extra is not None and settings is None:
                 raise ValueError(f"{name}: needs a model from Cross-Image Attention (it works on the appearance latent)")
+        rows = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
         guider_class = comfy.samplers.CFGGuider
         if settings is not None:
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
-            # [outputs | appearances | structures]: the outputs start from the structure's noise;
-            # with structure injection the structure is also denoised on its own, to lend its keys.
+            # The outputs start from the structure's noise; with structure injection the
+            # structure is also denoised on its own, to lend its keys and values.
             injection = settings.structure_every > 0 and settings.structure_until > 0
-            rows = [start, settings.appearance.noisy] + ([structure.noisy] if injection else [])
-            start = torch.cat(rows)
+            rows += [settings.appearance] + ([structure] if injection else [])
             layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
                                  structure.batch_size if injection else 0)
             model = model.clone()
             model.model_options["transformer_options"][LAYOUT_KEY] = layout
             guider_class = lambda patcher: CrossImageGuider(patcher, layout, guidance, latent_adain)  # noqa: E731
         guider = make_guider(model, positive, negative, cfg, guider_class)
-        samples = run_sampler(guider, comfy.samplers.sampler_object(sampler_name), structure.sigmas, start)
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        if structure.noise is not None:
+            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(rows, structure.sigmas)})
+        start = torch.cat([inversion.noisy for inversion in rows])
+        samples = run_sampler(guider, sampler, structure.sigmas, start)
         if isinstance(guider, CrossImageGuider):
             samples = guider.finish(samples, structure.sigmas)
         return ({"samples": samples[:structure.batch_size]},)

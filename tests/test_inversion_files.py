@@ -60,3 +60,10 @@ def test_names_outside_the_folders_and_foreign_files_are_refused(node, comfy_dir
 def test_save_rejects_non_inversions(node):
     with pytest.raises(ValueError, match="inversion: expected an inversion"):
         node("CrossImageSaveInversion").save({"samples": torch.zeros(1)}, "x")
+
+
+def test_ddpm_noise_maps_survive_the_round_trip(node, tiny_model, cond):
+    lat = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(4))}
+    inversion, _ = node("CrossImageInvertDDPM").invert(tiny_model, lat, cond, 6, "normal", 1.0, 2, 0)
+    (loaded,) = node("CrossImageLoadInversion").load(saved_name(node, inversion, "tests/ddpm"))
+    assert loaded.method == "ddpm" and torch.equal(loaded.noise, inversion.noise)
