@@ -7,6 +7,7 @@ from .invert_ddpm import CrossImageInvertDDPM
 from .latent_adain import CrossImageLatentAdaIN
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
+from .self_segmentation import CrossImageSelfSegmentation
 
 NODE_CLASS_MAPPINGS = {
     "CrossImageInvertDDIM": CrossImageInvertDDIM,
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "CrossImageSampler": CrossImageSampler,
     "CrossImageAppearanceGuidance": CrossImageAppearanceGuidance,
     "CrossImageLatentAdaIN": CrossImageLatentAdaIN,
+    "CrossImageSelfSegmentation": CrossImageSelfSegmentation,
     "CrossImageAdaINImage": CrossImageAdaINImage,
     "CrossImageSaveInversion": CrossImageSaveInversion,
     "CrossImageLoadInversion": CrossImageLoadInversion,
@@ -29,6 +31,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CrossImageSampler": "Cross-Image Sampler",
     "CrossImageAppearanceGuidance": "Appearance Guidance",
     "CrossImageLatentAdaIN": "Latent AdaIN",
+    "CrossImageSelfSegmentation": "Self-Segmentation",
     "CrossImageAdaINImage": "AdaIN (Image)",
     "CrossImageSaveInversion": "Save Inversion",
     "CrossImageLoadInversion": "Load Inversion",

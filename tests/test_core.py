@@ -19,7 +19,7 @@ def core(pack):
 
 def test_core_imports_without_comfyui():
     code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, "
-            "core.cross_attention, core.inversion, core.contrast, core.ddpm, core.guidance; "
+            "core.cross_attention, core.inversion, core.contrast, core.ddpm, core.guidance, core.segmentation; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; "
             "assert not bad, bad" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -259,3 +259,33 @@ def test_edit_friendly_inversion_lands_on_its_draws(core):
         x = (mean + std * noise[i]) * ((1 + s_next * s_next) ** 0.5 if s_next > 0 else 1.0)
         assert torch.allclose(x, trajectory[i + 1], atol=1e-5)
     assert not noise[-1].any()
+
+
+def test_kmeans_finds_separated_groups(core):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.3 * torch.randn(40, 2, generator=g) for c in centers])
+    labels = core.segmentation.kmeans(points, 3)
+    groups = [set(labels[i * 40:(i + 1) * 40].tolist()) for i in range(3)]
+    assert all(len(group) == 1 for group in groups) and len(set.union(*groups)) == 3
+
+
+def test_object_clusters_by_hand(core):
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    word = torch.tensor([0.9, 0.7, 0.1, 0.1, 0.2, 0.2])  # cluster means 0.8, 0.1, 0.2
+    # 0.8 > 1.4 * mean(0.1, 0.2) = 0.21: object; 0.2 < 1.4 * 0.45: not
+    assert core.segmentation.object_clusters(labels, word, 1.4).tolist() == [True, False, False]
+    # nothing stands out: the best cluster still counts
+    assert core.segmentation.object_clusters(labels, torch.ones(6), 1.4).tolist() == [True, False, False]
+
+
+def test_self_segmentation_separates_an_object_that_attends_to_itself(core):
+    """Pixels 0-5 attend among themselves, 6-15 among themselves; the noun looks at 0-5."""
+    n = 16
+    attention = torch.zeros(n, n)
+    attention[:6, :6] = 1 / 6
+    attention[6:, 6:] = 1 / 10
+    word = torch.zeros(n)
+    word[:6] = 1.0
+    mask = core.segmentation.self_segmentation(attention, word, clusters=2)
+    assert mask.tolist() == [1.0] * 6 + [0.0] * 10

@@ -1,0 +1,35 @@
+"""Self-Segmentation on the generated SD1.5 checkpoint (real CLIP tokenizer and text encoder)."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy_dirs, sd15_checkpoint):
+    import comfy.sd
+    path = str(comfy_dirs["checkpoints"] / sorted(sd15_checkpoint)[0])
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)
+    return model, clip
+
+
+def test_word_positions(pack, sd15):
+    _, clip = sd15
+    positions = pack.nodes.self_segmentation.word_positions
+    assert positions(clip, "a photo of an animal", "animal") == [5]  # after the start token
+    assert positions(clip, "a photo of a red fox", "red fox") == [5, 6]
+    with pytest.raises(ValueError, match="word: 'cat' is not a word of the prompt"):
+        positions(clip, "a photo of an animal", "cat")
+
+
+def test_masks_at_image_size_feed_latent_adain(node, sd15):
+    model, clip = sd15
+    lat = {"samples": torch.randn(2, 4, 12, 16, generator=torch.Generator().manual_seed(0))}
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of an animal"))
+    inversion, _ = node("CrossImageInvertDDIM").invert(model, lat, cond, 4, "normal", 1.0)
+    (mask,) = node("CrossImageSelfSegmentation").segment(model, clip, inversion, "a photo of an animal",
+                                                         "animal", 0.5, 5, 1.4)
+    assert mask.shape == (2, 96, 128)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and bool((mask.flatten(1).sum(1) > 0).all())
+    node("CrossImageLatentAdaIN").settings(0.29, 1.0, mask, mask)
+    assert "patches_replace" not in model.model_options["transformer_options"]
+    with pytest.raises(ValueError, match="word: name the object"):
+        node("CrossImageSelfSegmentation").segment(model, clip, inversion, "a photo", " ", 0.5, 5, 1.4)
