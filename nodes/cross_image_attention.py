@@ -1,9 +1,8 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
-from ..core.inversion import Inversion
 from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings
 from .inversion_type import CATEGORY, CONTRAST, INVERSION
-from .model_info import decoder_attention_levels, model_key
+from .model_info import decoder_attention_levels, require_inversion
 
 
 def parse_levels(text: str, available: int) -> tuple:
@@ -55,10 +54,7 @@ class CrossImageAttention:
         }
 
     def patch(self, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
-        if not isinstance(appearance, Inversion):
-            raise ValueError(f"appearance: expected an inversion from an Invert node, got {type(appearance).__name__}")
-        if appearance.model_key != model_key(model):
-            raise ValueError("appearance: this inversion was made with a different model; invert with the same model")
+        require_inversion(appearance, "appearance", model)
         if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
             raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
                              f"got {structure_every} and {structure_until}")

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from ..core.inversion import Inversion
 from .inversion_type import CATEGORY, INVERSION
+from .model_info import require_inversion
 
 EXTENSION = ".safetensors"
 
@@ -55,8 +56,7 @@ class CrossImageSaveInversion:
         }}
 
     def save(self, inversion, filename_prefix):
-        if not isinstance(inversion, Inversion):
-            raise ValueError(f"inversion: expected an inversion from an Invert node, got {type(inversion).__name__}")
+        require_inversion(inversion, "inversion")
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
         file = f"{filename}_{counter:05}_{EXTENSION}"

@@ -39,3 +39,13 @@ def decoder_attention_levels(diffusion_model) -> list:
                 keys += [(block_id, index) for index in range(len(module.transformer_blocks))]
         factor -= sum(isinstance(m, Upsample) for m in block)
     return [by_factor[f] for f in sorted(by_factor)]
+
+
+def require_inversion(value, name: str, model=None):
+    """Check that input `name` is an inversion (made with `model`, when given); return it."""
+    from ..core.inversion import Inversion
+    if not isinstance(value, Inversion):
+        raise ValueError(f"{name}: expected an inversion from an Invert node, got {type(value).__name__}")
+    if model is not None and value.model_key != model_key(model):
+        raise ValueError(f"{name}: this inversion was made with a different model; invert with the same model")
+    return value

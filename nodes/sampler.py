@@ -3,13 +3,12 @@ the appearance latent alongside it in the same batch so the patched attention ca
 import comfy.samplers
 import torch
 
-from ..core.inversion import Inversion
 from ..core.schedule import step_index
 from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .inversion_type import CATEGORY, GUIDANCE, INVERSION, LATENT_ADAIN
-from .model_info import model_key
+from .model_info import require_inversion
 
 
 def noise_replay(rows, schedule):
@@ -52,10 +51,7 @@ class CrossImageSampler:
         }
 
     def sample(self, model, positive, structure, sampler_name, cfg, negative=None, guidance=None, latent_adain=None):
-        if not isinstance(structure, Inversion):
-            raise ValueError(f"structure: expected an inversion from an Invert node, got {type(structure).__name__}")
-        if structure.model_key != model_key(model):
-            raise ValueError("structure: this inversion was made with a different model; invert with the same model")
+        require_inversion(structure, "structure", model)
         if guidance is not None and not isinstance(guidance, GuidanceSettings):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
         if latent_adain is not None and not isinstance(latent_adain, LatentAdaINSettings):

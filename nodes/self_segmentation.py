@@ -4,11 +4,10 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
-from ..core.inversion import Inversion
 from ..core.segmentation import self_segmentation
 from .guided_sampling import make_guider, run_sampler
 from .inversion_type import CATEGORY, INVERSION
-from .model_info import decoder_attention_levels, model_key
+from .model_info import decoder_attention_levels, require_inversion
 
 VAE_SCALE = 8  # Stable Diffusion VAEs: one latent pixel per 8x8 image pixels
 
@@ -93,10 +92,7 @@ class CrossImageSelfSegmentation:
         }}
 
     def segment(self, model, clip, inversion, prompt, word, step, clusters, ratio):
-        if not isinstance(inversion, Inversion):
-            raise ValueError(f"inversion: expected an inversion from an Invert node, got {type(inversion).__name__}")
-        if inversion.model_key != model_key(model):
-            raise ValueError("inversion: it was made with a different model")
+        require_inversion(inversion, "inversion", model)
         if not word.strip():
             raise ValueError("word: name the object, e.g. 'animal'")
         recorder = AttentionRecorder(word_positions(clip, prompt, word.strip()))
