@@ -32,16 +32,21 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 30, seed: int = 0) ->
 
 
 def object_clusters(labels: torch.Tensor, word_attention: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean per cluster: its mean attention to the noun exceeds `ratio` times the mean of
-    the other clusters' (the best cluster always counts, so a mask is never empty)."""
+    """Boolean per cluster, by the paper's rule (after Patashnik et al. 2023): the noun's
+    attention map is normalised to (w - |min w|) / max w, each cluster scores the mean of it
+    over its pixels, and a cluster is the object when its score exceeds `ratio` times the mean
+    score of the clusters other than the best one. The best cluster always counts, so the
+    mask is never empty."""
+    labels = labels.cpu()
+    w = word_attention.float().cpu()
+    w = (w - w.min().abs()) / w.max() if float(w.max()) > 0 else torch.zeros_like(w)
     clusters = int(labels.max()) + 1
-    score = torch.zeros(clusters).index_add_(0, labels.cpu(), word_attention.float().cpu())
-    score = score / torch.bincount(labels.cpu(), minlength=clusters).clamp(min=1)
-    chosen = torch.zeros(clusters, dtype=torch.bool)
-    for c in range(clusters):
-        others = torch.cat([score[:c], score[c + 1:]])
-        chosen[c] = clusters == 1 or bool(score[c] > ratio * others.mean())
-    chosen[score.argmax()] = True
+    counts = torch.bincount(labels, minlength=clusters)
+    score = torch.zeros(clusters).index_add_(0, labels, w) / counts.clamp(min=1)
+    best = int(torch.where(counts > 0, score, torch.full_like(score, -float("inf"))).argmax())
+    others = (counts > 0) & (torch.arange(clusters) != best)
+    chosen = (score > ratio * score[others].mean()) & (counts > 0) if bool(others.any()) else counts > 0
+    chosen[best] = True
     return chosen
 
 

@@ -35,26 +35,40 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         super().__init__(model_patcher)
         self.layout, self.guidance, self.latent_adain = layout, guidance, latent_adain
 
-    def match_appearance(self, x, finished_step, steps):
+    def adain_after(self, step, steps):
+        s = self.latent_adain
+        return s is not None and in_step_range(step, steps, s.start, s.end)
+
+    def match_appearance(self, x, finished_step, steps, sigma):
+        """AdaIN of the output rows of x (model space, noise level sigma) after step
+        `finished_step`, on the latents the network sees (model_sampling.calculate_input:
+        x / sqrt(1 + sigma^2) for eps and v models), as the paper's code does."""
         s, n = self.latent_adain, self.layout.n_outputs
-        if s is None or not in_step_range(finished_step, steps, s.start, s.end):
+        if not self.adain_after(finished_step, steps):
             return
-        appearance = x[n:n + self.layout.n_appearances]
-        x[:n] = adain(x[:n], appearance, latent_mask(s.structure_mask, x[:n], "structure_mask"),
+        sampling = self.model_patcher.get_model_object("model_sampling")
+        scale = float(sampling.calculate_input(torch.tensor([float(sigma)]), torch.ones(1, 1)))
+        appearance = x[n:n + self.layout.n_appearances] * scale
+        x[:n] = adain(x[:n] * scale, appearance, latent_mask(s.structure_mask, x[:n], "structure_mask"),
                       latent_mask(s.appearance_mask, appearance, "appearance_mask"),
-                      mask_names=("structure_mask", "appearance_mask"))
+                      mask_names=("structure_mask", "appearance_mask")) / scale
 
     def finish(self, samples, sigmas):
-        """AdaIN after the last step (on the LATENT-space result: AdaIN commutes with the
-        latent format's per-channel scale and shift)."""
-        self.match_appearance(samples, sigmas.shape[0] - 2, sigmas.shape[0] - 1)
-        return samples
+        """AdaIN after the last step; samples are in LATENT space (VAE Decode's), so the
+        match is made in model space as on every other step."""
+        steps = sigmas.shape[0] - 1
+        if not self.adain_after(steps - 1, steps):
+            return samples
+        model = self.model_patcher.model
+        x = model.process_latent_in(samples)
+        self.match_appearance(x, steps - 1, steps, float(sigmas[-1]))
+        return model.process_latent_out(x)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         schedule = model_options["transformer_options"]["sample_sigmas"]
         steps, index = schedule.shape[0] - 1, step_index(schedule, float(timestep.max()))
         if index > 0:
-            self.match_appearance(x, index - 1, steps)
+            self.match_appearance(x, index - 1, steps, float(schedule[index]))
         swap = super().predict_noise(x, timestep, model_options, seed)
         g = self.guidance
         scale = None if g is None else guidance_scale(index, steps, g.scale, g.end_scale, g.start)

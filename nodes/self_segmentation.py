@@ -88,7 +88,7 @@ class CrossImageSelfSegmentation:
                                "tooltip": "Fraction of the inversion's steps at which the attention is read (paper: step 20 of 68). Later is less noisy."}),
             "clusters": ("INT", {"default": 5, "min": 2, "max": 32, "tooltip": "k of the k-means (paper: 5). More clusters cut finer parts."}),
             "ratio": ("FLOAT", {"default": 1.4, "min": 1.0, "max": 10.0, "step": 0.05,
-                                "tooltip": "A cluster is the object when its attention to the noun is this many times the other clusters' mean (paper: 1.4). Higher keeps less."}),
+                                "tooltip": "A cluster is the object when its attention to the noun is this many times the mean of the other clusters but the best (paper: 1.4). Higher keeps less."}),
         }}
 
     def segment(self, model, clip, inversion, prompt, word, step, clusters, ratio):

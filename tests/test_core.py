@@ -272,11 +272,14 @@ def test_kmeans_finds_separated_groups(core):
 
 def test_object_clusters_by_hand(core):
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    word = torch.tensor([0.9, 0.7, 0.1, 0.1, 0.2, 0.2])  # cluster means 0.8, 0.1, 0.2
-    # 0.8 > 1.4 * mean(0.1, 0.2) = 0.21: object; 0.2 < 1.4 * 0.45: not
-    assert core.segmentation.object_clusters(labels, word, 1.4).tolist() == [True, False, False]
-    # nothing stands out: the best cluster still counts
+    word = torch.tensor([0.9, 0.7, 0.1, 0.1, 0.2, 0.2])
+    # normalised (w - 0.1) / 0.9: cluster scores 0.78, 0, 0.11; the mean without the best is
+    # 0.056, so 0.78 and 0.11 exceed 1.4 * 0.056 = 0.078 (the paper's rule is that lenient)
+    assert core.segmentation.object_clusters(labels, word, 1.4).tolist() == [True, False, True]
+    assert core.segmentation.object_clusters(labels, word, 2.5).tolist() == [True, False, False]
+    # nothing stands out: the best cluster still counts; an empty cluster never does
     assert core.segmentation.object_clusters(labels, torch.ones(6), 1.4).tolist() == [True, False, False]
+    assert core.segmentation.object_clusters(torch.tensor([0, 0, 2, 2]), torch.tensor([1.0, 1.0, 0.0, 0.0]), 1.4).tolist() == [True, False, False]
 
 
 def test_self_segmentation_separates_an_object_that_attends_to_itself(core):

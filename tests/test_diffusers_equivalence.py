@@ -3,26 +3,7 @@ same weights: the footing for an independent reference implementation written wi
 import torch
 
 import tiny_models
-
-
-def diffusers_twin(model):
-    """A diffusers UNet with the tiny ComfyUI model's architecture and weights."""
-    from diffusers import UNet2DConditionModel
-    import comfy.utils
-    config = model.model.model_config.unet_config
-    levels = len(config["channel_mult"])
-    twin = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=config["num_res_blocks"][0],
-        block_out_channels=[config["model_channels"] * m for m in config["channel_mult"]],
-        down_block_types=["CrossAttnDownBlock2D"] * levels, up_block_types=["CrossAttnUpBlock2D"] * levels,
-        cross_attention_dim=config["context_dim"], attention_head_dim=config["num_heads"],
-        transformer_layers_per_block=config["transformer_depth"], norm_num_groups=32)
-    mapping = comfy.utils.unet_to_diffusers(config)
-    weights = model.model.diffusion_model.state_dict()
-    # the map lists every key a UNet of this shape may have; keep those this one has
-    twin.load_state_dict({key: weights[comfy_key] for key, comfy_key in mapping.items() if comfy_key in weights},
-                         strict=True)
-    return twin.eval()
+from reference import diffusers_twin
 
 
 def test_comfyui_unet_equals_diffusers_unet(comfy_nodes):

@@ -50,7 +50,7 @@ def tiny_model(seed: int = 0, prediction: str = "eps", channel_mult=(1, 2, 2), o
     randomize_(base.diffusion_model, seed)
     with torch.no_grad():  # a smaller last layer makes eps vary smoothly, as in a trained model
         base.diffusion_model.out[-1].weight.mul_(output_scale)
-    base.eval()
+    base.eval().requires_grad_(False)  # as in ComfyUI, which runs graphs in inference mode
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
 

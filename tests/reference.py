@@ -1,0 +1,231 @@
+"""An independent, deliberately naive Cross-Image Attention written from algorithm.md on
+diffusers' UNet2DConditionModel; the parity tests hold the nodes to it. It imports nothing of
+the pack and shares none of its code paths: it works like the paper's code, on
+variance-preserving latents with DDPM arithmetic on alphas_cumprod, the batch of three
+[output, appearance, structure], two full UNet passes per step (with and without the swap),
+attention maps materialised whole, and AdaIN on the batch after each step.
+
+Where the pack differs from the official code on purpose (README, "Deliberate differences"),
+this follows the pack: the attention sees the step being taken (no one-step lag) and the last
+step ends at alphas_cumprod = 1 (`final_abar`; the official code uses alphas_cumprod[0])."""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+OUT, APP, STRUCT = 0, 1, 2  # rows of the sampling batch
+
+
+def diffusers_twin(model):
+    """A diffusers UNet with a ComfyUI SD1.5-family model's architecture and weights."""
+    from diffusers import UNet2DConditionModel
+    import comfy.utils
+    config = model.model.model_config.unet_config
+    levels = len(config["channel_mult"])
+    twin = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=config["num_res_blocks"][0],
+        block_out_channels=[config["model_channels"] * m for m in config["channel_mult"]],
+        down_block_types=["CrossAttnDownBlock2D"] * levels, up_block_types=["CrossAttnUpBlock2D"] * levels,
+        cross_attention_dim=config["context_dim"], attention_head_dim=config["num_heads"],
+        transformer_layers_per_block=config["transformer_depth"], norm_num_groups=32)
+    mapping = comfy.utils.unet_to_diffusers(config)
+    weights = model.model.diffusion_model.state_dict()
+    # the map lists every key a UNet of this shape may have; keep those this one has
+    twin.load_state_dict({key: weights[comfy_key] for key, comfy_key in mapping.items() if comfy_key in weights},
+                         strict=True)
+    return twin.eval()
+
+
+def sd15_alphas_cumprod(train_steps: int = 1000) -> torch.Tensor:
+    """Scaled-linear betas from 0.00085 to 0.012 (SD1.5's scheduler config), in float64."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, train_steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def leading_timesteps(steps: int, train_steps: int = 1000) -> list:
+    """DDIMScheduler's "leading" spacing with steps_offset 1: 991, 981, ..., 1 for 100 steps."""
+    ratio = train_steps // steps
+    return [i * ratio + 1 for i in reversed(range(steps))]
+
+
+@dataclass
+class Settings:
+    """The official defaults; step numbers index the sampling steps (68 at the defaults)."""
+    inversion: str = "ddpm"        # "ddpm" (edit-friendly, eta 1) or "ddim" (eta 0)
+    steps: int = 100
+    skip: int = 32                 # sampling starts at timesteps[skip] (t = 671)
+    inversion_cfg: float = 3.5
+    grids: Tuple[int, ...] = (1, 2)  # decoder self-attention at latent/1 and latent/2 tokens swaps
+    swap_from: int = 10
+    contrast: float = 1.67
+    structure_every: int = 5       # official: step % 5 == 0 and step < 40 takes the structure's K, V
+    structure_until: int = 40
+    guidance: Optional[Tuple[float, float, int]] = (3.5, 1.75, 10)  # first scale, last scale, from step
+    adain_from: Optional[int] = 20  # None: no AdaIN
+    adain_until: int = 100
+    final_abar: float = 1.0
+
+
+def adain(x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.Tensor:
+    """x (C, H, W) with y's per-channel mean and std (unbiased variance + 1e-5), over and
+    within boolean masks (H, W) when given."""
+    xs = x.flatten(1) if x_mask is None else x.flatten(1)[:, x_mask.flatten()]
+    ys = y.flatten(1) if y_mask is None else y.flatten(1)[:, y_mask.flatten()]
+    x_mean, y_mean = xs.mean(1, keepdim=True), ys.mean(1, keepdim=True)
+    x_std, y_std = (xs.var(1, keepdim=True) + 1e-5).sqrt(), (ys.var(1, keepdim=True) + 1e-5).sqrt()
+    moved = (xs - x_mean) / x_std * y_std + y_mean
+    out = x.clone().flatten(1)
+    if x_mask is None:
+        out = moved
+    else:
+        out[:, x_mask.flatten()] = moved
+    return out.reshape(x.shape)
+
+
+class NaiveAttention:
+    """A diffusers attention processor computing softmax(QK^T/sqrt(d)) V with the whole map;
+    in decoder self-attention at the swapped grids, during the swap pass, the output row takes
+    the appearance's (or, on injection steps, the structure's) keys and values, and its
+    probabilities get the contrast clip((A - 1/N) beta + 1/N, 0, 1), not renormalised."""
+
+    def __init__(self, owner: "Reference", name: str):
+        self.owner = owner
+        self.decoder_self_attention = name.startswith("up_blocks") and ".attn1." in name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b, n, _ = hidden_states.shape
+        heads = attn.heads
+        q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2)
+                   for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        source = self.owner.key_value_source(n) if self.decoder_self_attention else None
+        if source is not None:
+            k, v = k.clone(), v.clone()
+            k[OUT], v[OUT] = k[source], v[source]
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(dim=-1)
+        if source is not None and self.owner.settings.contrast != 1.0:
+            mean, beta = 1.0 / probs.shape[-1], self.owner.settings.contrast
+            probs[OUT] = ((probs[OUT] - mean) * beta + mean).clamp(0.0, 1.0)
+        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class Reference:
+    """Transfer with the paper's algorithm. `evaluations` counts UNet batch items."""
+
+    def __init__(self, unet, settings: Settings, cond: torch.Tensor, uncond: Optional[torch.Tensor] = None):
+        self.unet, self.settings, self.cond, self.uncond = unet, settings, cond, uncond
+        self.abar = sd15_alphas_cumprod()
+        self.timesteps = leading_timesteps(settings.steps)
+        self.evaluations = 0
+        self.swap, self.step, self.latent_tokens = False, None, None
+        unet.set_attn_processor({name: NaiveAttention(self, name) for name in unet.attn_processors})
+
+    # -- the swap -------------------------------------------------------------------
+    def key_value_source(self, tokens: int) -> Optional[int]:
+        """The row whose keys and values the output row takes in a decoder self-attention
+        layer with `tokens` queries, or None where nothing is swapped."""
+        s = self.settings
+        grid = round((self.latent_tokens / tokens) ** 0.5)
+        if not self.swap or self.step < s.swap_from or grid not in s.grids:
+            return None
+        injects = s.structure_every > 0 and self.step % s.structure_every == 0 and self.step < s.structure_until
+        return STRUCT if injects else APP
+
+    # -- the model ------------------------------------------------------------------
+    def abar_at(self, index: int) -> float:
+        """alphas_cumprod at timesteps[index]; index == steps is the clean end."""
+        return float(self.abar[self.timesteps[index]]) if index < len(self.timesteps) else self.settings.final_abar
+
+    def eps(self, x: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+        self.evaluations += x.shape[0]
+        self.latent_tokens = x.shape[-2] * x.shape[-1]
+        timestep = torch.full((x.shape[0],), float(t))
+        with torch.no_grad():
+            return self.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample
+
+    def guided_eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Text classifier-free guidance of the inversion (uncond + cfg (cond - uncond))."""
+        cfg = self.settings.inversion_cfg
+        if cfg == 1.0:
+            return self.eps(x, t, self.cond)
+        both = self.eps(torch.cat([x, x]), t, torch.cat([self.cond.expand(x.shape[0], -1, -1),
+                                                          self.uncond.expand(x.shape[0], -1, -1)]))
+        cond, uncond = both.chunk(2)
+        return uncond + cfg * (cond - uncond)
+
+    def ddpm_mean_var(self, x, eps, index):
+        """The eta = 1 DDIM step's mean and variance from timesteps[index] to the next one (DDIM eq. 12/16)."""
+        a, a_prev = self.abar_at(index), self.abar_at(index + 1)
+        x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
+        var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        return a_prev ** 0.5 * x0 + (1 - a_prev - var) ** 0.5 * eps, var
+
+    def ddim_step(self, x, eps, index, index_next):
+        """Deterministic DDIM (eta = 0) from the noise level of `index` to that of `index_next`."""
+        a, a_next = self.abar_at(index), self.abar_at(index_next)
+        x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
+        return a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps
+
+    # -- inversion --------------------------------------------------------------------
+    def invert_ddpm(self, x0: torch.Tensor, fresh: torch.Tensor):
+        """Edit-friendly DDPM inversion over all steps. fresh[i] is the independent draw of
+        x at timesteps[i]. Returns (xs, zs): xs[i] the latent at timesteps[i] (xs[steps] the
+        clean end), zs[i] the noise map of the step from timesteps[i]."""
+        steps = len(self.timesteps)
+        xs = [self.abar_at(i) ** 0.5 * x0 + (1 - self.abar_at(i)) ** 0.5 * fresh[i] for i in range(steps)] + [x0]
+        zs = torch.zeros_like(fresh)
+        for i in range(steps):
+            mean, var = self.ddpm_mean_var(xs[i], self.guided_eps(xs[i], self.timesteps[i]), i)
+            if var > 0 and i < steps - 1:  # the last noise map is zero
+                zs[i] = (xs[i + 1] - mean) / var ** 0.5
+                xs[i + 1] = mean + var ** 0.5 * zs[i]
+            else:
+                xs[i + 1] = mean
+        return torch.stack(xs), zs
+
+    def invert_ddim(self, x0: torch.Tensor) -> torch.Tensor:
+        """DDIM inversion from the clean end to the noisiest step, eps taken at the latent in
+        hand; the clean latent is given to the model as a latent of t = 0 (the smallest
+        trained noise level). Returns xs as invert_ddpm does."""
+        steps = len(self.timesteps)
+        xs = [None] * steps + [x0]
+        eps = self.guided_eps(float(self.abar[0]) ** 0.5 * x0, 0)
+        for i in reversed(range(steps)):
+            xs[i] = self.ddim_step(xs[i + 1], eps, i + 1, i)
+            if i > 0:
+                eps = self.guided_eps(xs[i], self.timesteps[i])
+        return torch.stack(xs)
+
+    # -- sampling -------------------------------------------------------------------
+    def transfer(self, appearance: torch.Tensor, structure: torch.Tensor, fresh_appearance=None,
+                 fresh_structure=None, structure_mask=None, appearance_mask=None) -> torch.Tensor:
+        """Invert both clean latents (1, C, H, W), sample the output; returns it (1, C, H, W).
+        fresh_*: DDPM inversion draws (steps, 1, C, H, W); masks: boolean (H, W) for masked AdaIN."""
+        s = self.settings
+        if s.inversion == "ddpm":
+            xs_app, zs_app = self.invert_ddpm(appearance, fresh_appearance)
+            xs_struct, zs_struct = self.invert_ddpm(structure, fresh_structure)
+        else:
+            xs_app, xs_struct = self.invert_ddim(appearance), self.invert_ddim(structure)
+        x = torch.cat([xs_struct[s.skip], xs_app[s.skip], xs_struct[s.skip]])
+        n = s.steps - s.skip
+        scales = torch.linspace(s.guidance[0], s.guidance[1], n, dtype=torch.float64) if s.guidance else None
+        for i in range(n):
+            index, t = s.skip + i, self.timesteps[s.skip + i]
+            self.step = i
+            self.swap = True
+            eps_swap = self.eps(x, t, self.cond)
+            self.swap = False
+            eps_plain = self.eps(x, t, self.cond)
+            eps = eps_swap
+            if scales is not None and i >= s.guidance[2]:
+                eps = eps_plain + float(scales[i]) * (eps_swap - eps_plain)
+            if s.inversion == "ddpm":
+                mean, var = self.ddpm_mean_var(x, eps, index)
+                x = mean + var ** 0.5 * torch.cat([zs_struct[index], zs_app[index], zs_struct[index]])
+            else:
+                x = self.ddim_step(x, eps, index, index + 1)
+            if s.adain_from is not None and s.adain_from <= i < s.adain_until:
+                x[OUT] = adain(x[OUT], x[APP], structure_mask, appearance_mask)
+        return x[OUT:OUT + 1]
