@@ -13,7 +13,7 @@ def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> in
 
 
 def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, strength: float,
-                       budget_elements: int = 1 << 24) -> torch.Tensor:
+                       budget_elements: int = 1 << 22) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, Nq, heads*d), k and v (B, Nk, heads*d);
     returns (B, Nq, heads*d). The probabilities are computed in float32."""
     batch, queries, inner = q.shape
@@ -25,8 +25,7 @@ def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     out = torch.empty_like(q)
     k_t = k.transpose(-1, -2).float()
     for start in range(0, queries, chunk):
-        scores = (q[:, :, start:start + chunk].float() @ k_t) * dim ** -0.5
-        probs = scores.softmax(dim=-1)
-        probs = ((probs - mean) * strength + mean).clamp_(0.0, 1.0)
+        probs = ((q[:, :, start:start + chunk].float() * dim ** -0.5) @ k_t).softmax(dim=-1)
+        probs.sub_(mean).mul_(strength).add_(mean).clamp_(0.0, 1.0)  # in place: one chunk-sized map at a time
         out[:, :, start:start + chunk] = (probs @ v.float()).to(out.dtype)
     return out.transpose(1, 2).reshape(batch, queries, inner)

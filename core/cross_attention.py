@@ -41,11 +41,11 @@ def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sou
     `swapped_attention` when one is given (e.g. attention with contrast); the others, and
     all rows when it is None, through `attention`."""
     sources = sources.to(k.device)
-    k, v = k.index_select(0, sources), v.index_select(0, sources)
     if swapped_attention is None:
-        return attention(q, k, v)
+        return attention(q, k.index_select(0, sources), v.index_select(0, sources))
     swapped = sources != torch.arange(sources.shape[0], device=sources.device)
+    kept, taken = ~swapped, sources[swapped]
     out = torch.empty_like(q)
-    out[~swapped] = attention(q[~swapped], k[~swapped], v[~swapped])
-    out[swapped] = swapped_attention(q[swapped], k[swapped], v[swapped])
+    out[kept] = attention(q[kept], k[kept], v[kept])
+    out[swapped] = swapped_attention(q[swapped], k[taken], v[taken])
     return out

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from ..core.adain import adain
 from ..core.guidance import guidance_scale, guide
-from ..core.schedule import in_step_range, step_index
-from .attention_patch import LAYOUT_KEY
+from ..core.schedule import in_step_range, injects_structure, step_index
+from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout
 
 
 def latent_mask(mask, latent, name):
@@ -69,10 +69,12 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         steps, index = schedule.shape[0] - 1, step_index(schedule, float(timestep.max()))
         if index > 0:
             self.match_appearance(x, index - 1, steps, float(schedule[index]))
-        swap = super().predict_noise(x, timestep, model_options, seed)
+        settings = model_options["transformer_options"][SETTINGS_KEY]
+        swapping = in_step_range(index, steps, settings.start, settings.end)
+        swap = self.predict_swap(x, timestep, model_options, seed, settings, index, steps, swapping)
         g = self.guidance
         scale = None if g is None else guidance_scale(index, steps, g.scale, g.end_scale, g.start)
-        if scale is None:
+        if scale is None or not swapping:  # without a swap, the plain prediction is the same
             return swap
         plain_options = {**model_options, "transformer_options": {
             k: v for k, v in model_options["transformer_options"].items() if k != LAYOUT_KEY}}
@@ -81,3 +83,24 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
             self.inner_model, x[:n], timestep[:n], self.conds.get("negative"), self.conds.get("positive"),
             self.cfg, model_options=plain_options, seed=seed)
         return torch.cat([guide(no_swap, swap[:n], scale), swap[n:]])
+
+    def predict_swap(self, x, timestep, model_options, seed, settings, index, steps, swapping):
+        """The prediction with cross-image attention. The structure rows are run only while
+        they matter: before the swap, while they still equal the output rows (same start, same
+        noise), they take the outputs' prediction, and after the last injection step nothing
+        reads them, so they take it too."""
+        layout, n = self.layout, self.layout.n_outputs
+        kept = n + layout.n_appearances
+        twins = not swapping and torch.equal(x[:n], x[kept:])
+        if layout.n_structures == 0 or (not twins and self.injects_from(index, steps, settings)):
+            return super().predict_noise(x, timestep, model_options, seed)
+        options = {**model_options, "transformer_options": {
+            **model_options["transformer_options"], LAYOUT_KEY: BatchLayout(n, layout.n_appearances)}}
+        part = super().predict_noise(x[:kept], timestep[:kept], options, seed)
+        return torch.cat([part, part[:n]])
+
+    @staticmethod
+    def injects_from(index, steps, s):
+        """Whether a structure injection step comes at or after step `index`."""
+        return any(in_step_range(i, steps, s.start, s.end) and injects_structure(i, steps, s.structure_every, s.structure_until)
+                   for i in range(index, steps))

@@ -21,13 +21,16 @@ def diffusers_twin(model):
     from diffusers import UNet2DConditionModel
     import comfy.utils
     config = model.model.model_config.unet_config
-    levels = len(config["channel_mult"])
+    levels, blocks = len(config["channel_mult"]), config["num_res_blocks"]
+    # transformer depth per level (ComfyUI lists it per input block)
+    depth = [config["transformer_depth"][level * blocks[0]] for level in range(levels)]
     twin = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=config["num_res_blocks"][0],
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=blocks[0],
         block_out_channels=[config["model_channels"] * m for m in config["channel_mult"]],
-        down_block_types=["CrossAttnDownBlock2D"] * levels, up_block_types=["CrossAttnUpBlock2D"] * levels,
+        down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depth],
+        up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depth)],
         cross_attention_dim=config["context_dim"], attention_head_dim=config["num_heads"],
-        transformer_layers_per_block=config["transformer_depth"], norm_num_groups=32)
+        transformer_layers_per_block=[max(d, 1) for d in depth], norm_num_groups=32)
     mapping = comfy.utils.unet_to_diffusers(config)
     weights = model.model.diffusion_model.state_dict()
     # the map lists every key a UNet of this shape may have; keep those this one has
@@ -94,20 +97,25 @@ class NaiveAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        b, n, _ = hidden_states.shape
-        heads = attn.heads
-        q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2)
-                   for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
-        source = self.owner.key_value_source(n) if self.decoder_self_attention else None
+        source = self.owner.key_value_source(hidden_states.shape[1]) if self.decoder_self_attention else None
+        out = self.attend(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads, source,
+                          self.owner.settings.contrast)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    @staticmethod
+    def attend(q, k, v, heads: int, source: Optional[int], contrast: float):
+        """q (B, Nq, heads * d), k and v (B, Nk, heads * d); source: the row whose keys and
+        values the output row takes (None: no swap)."""
+        b, n, _ = q.shape
+        q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         if source is not None:
             k, v = k.clone(), v.clone()
             k[OUT], v[OUT] = k[source], v[source]
-        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(dim=-1)
-        if source is not None and self.owner.settings.contrast != 1.0:
-            mean, beta = 1.0 / probs.shape[-1], self.owner.settings.contrast
-            probs[OUT] = ((probs[OUT] - mean) * beta + mean).clamp(0.0, 1.0)
-        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
-        return attn.to_out[1](attn.to_out[0](out))
+        probs = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        if source is not None and contrast != 1.0:
+            mean = 1.0 / probs.shape[-1]
+            probs[OUT] = ((probs[OUT] - mean) * contrast + mean).clamp(0.0, 1.0)
+        return (probs @ v).transpose(1, 2).reshape(b, n, -1)
 
 
 class Reference:
@@ -140,7 +148,7 @@ class Reference:
     def eps(self, x: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
         self.evaluations += x.shape[0]
         self.latent_tokens = x.shape[-2] * x.shape[-1]
-        timestep = torch.full((x.shape[0],), float(t))
+        timestep = torch.full((x.shape[0],), float(t), device=x.device)
         with torch.no_grad():
             return self.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample
 

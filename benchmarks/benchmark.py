@@ -1,0 +1,178 @@
+"""Side by side, in one process: the pack's node graph and the in-repo reference implementation
+(tests/reference.py, the official algorithm's structure) on the same random-weight model.
+
+Prints, ours vs reference and as ratios:
+  - UNet batch items per transfer (counted by instrumenting the model call), at the paper's
+    defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
+  - wall time per transfer, median of --runs;
+  - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
+
+  bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
+  bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16  # GPU: full SD1.5 UNet, random weights
+"""
+import argparse
+import dataclasses
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "scripts")]
+
+SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config)
+    use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
+    num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
+    context_dim=768, num_heads=8, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
+    use_linear_in_transformer=False, use_temporal_attention=False, use_temporal_resblock=False)
+ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
+
+
+def random_model(kind: str, device, dtype):
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import tiny_models
+    unet = SD15_UNET if kind == "sd15" else tiny_models.tiny_unet_config()
+    config = comfy.supported_models.SD15(dict(unet))
+    config.set_inference_dtype(dtype, None)
+    base = comfy.model_base.BaseModel(config, device=device)
+    tiny_models.randomize_(base.diffusion_model, seed=0)
+    base.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"))
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(args):
+    import headless
+    import node_graph
+    from reference import Reference, Settings, diffusers_twin
+    folder = tempfile.mkdtemp(prefix="cia-benchmark-")
+    nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
+    import comfy.model_management
+    device = comfy.model_management.get_torch_device()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    model = random_model(args.model, device, dtype)
+    twin = diffusers_twin(model).to(device, dtype)
+    latent = args.size // 8
+    g = torch.Generator().manual_seed(0)
+    context_dim = model.model.model_config.unet_config["context_dim"]
+    cond, uncond = (torch.randn(1, 77, context_dim, generator=g) for _ in range(2))
+    clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    node = lambda name: nodes.NODE_CLASS_MAPPINGS[name]()  # noqa: E731
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
+          f"latent {tuple(clean['structure'].shape[2:])}, {args.dtype}, runs: {args.runs}")
+
+    def ours(s):
+        counted = node_graph.counting(model)
+        synchronize(device)
+        start = time.perf_counter()
+        inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed)
+                      for seed, name in enumerate(("appearance", "structure"))]
+        node_graph.transfer(node, counted, cond, s, *inversions)
+        synchronize(device)
+        return time.perf_counter() - start, sum(counted.evaluations)
+
+    def reference(s):
+        ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype))
+        draws = [torch.randn((s.steps, 1) + clean["structure"].shape[1:], generator=g).to(device, dtype) for _ in range(2)]
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
+        synchronize(device)
+        return time.perf_counter() - start, ref.evaluations
+
+    settings = {"paper defaults": Settings(), "cheapest faithful": dataclasses.replace(Settings(), inversion_cfg=1.0)}
+    for label, s in settings.items():
+        results = {}
+        for name, run in (("ours", ours), ("reference", reference)):
+            runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
+            results[name] = (statistics.median(t for t, _ in runs), runs[0][1])
+        (t_ours, e_ours), (t_ref, e_ref) = results["ours"], results["reference"]
+        print(f"{label:18s} UNet batch items  ours {e_ours:5d}  reference {e_ref:5d}  ratio {e_ours / e_ref:.3f}")
+        print(f"{label:18s} seconds/transfer  ours {t_ours:7.2f}  reference {t_ref:7.2f}  ratio {t_ours / t_ref:.3f}")
+    peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
+    whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
+    print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "
+          f"reference {peaks['reference']:.1f}  ratio {peaks['ours'] / peaks['reference']:.3f}")
+    print(f"attention step: ours / one whole attention map ({whole_map:.0f} MiB)  ratio {peaks['ours'] / whole_map:.3f}")
+
+
+def attention_peak(which: str, dtype: str) -> float:
+    """Peak memory (MiB) above the inputs of one decoder attention step on the batch
+    [output, appearance, structure], each in a fresh process (CPU: the growth of the
+    process's peak resident size; CUDA: torch's peak allocation)."""
+    # glibc keeps freed blocks below its (growing) mmap threshold in the heap, which would make
+    # the resident size overstate what is live; a fixed threshold returns big blocks at once
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, __file__, "--attention-peak", which, "--dtype", dtype],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def attention_step(which: str, dtype: str):
+    from functools import partial
+    import headless
+    sys.path.insert(0, os.environ["COMFYUI_PATH"])
+    from comfy.cli_args import args
+    args.use_pytorch_cross_attention = True  # rows without contrast: PyTorch SDPA, ComfyUI's choice on NVIDIA
+    headless.start_comfyui(os.environ["COMFYUI_PATH"])
+    import comfy.ldm.modules.attention as comfy_attention
+    from reference import APP, NaiveAttention
+    pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    heads, tokens, inner = ATTENTION["heads"], ATTENTION["tokens"], ATTENTION["inner"]
+    sources = pack.core.cross_attention.key_value_sources(3, 1, 1, 1)
+    attention = partial(comfy_attention.optimized_attention, heads=heads)
+    contrast = partial(pack.core.contrast.contrast_attention, heads=heads, strength=1.67)
+
+    def run(q, k, v):
+        if which == "ours":
+            return pack.core.cross_attention.cross_image_attention(q, k, v, sources, attention, contrast)
+        return NaiveAttention.attend(q, k, v, heads, APP, 1.67)
+
+    small = [torch.randn(3, 64, inner, device=device, dtype=kind) for _ in range(3)]
+    run(*small)  # load kernels before measuring
+    q, k, v = (torch.randn(3, tokens, inner, device=device, dtype=kind) for _ in range(3))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run(q, k, v)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run(q, k, v)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--size", type=int, default=256, help="image height in pixels (latent = size / 8)")
+    parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--attention-peak", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.attention_peak:
+        with torch.no_grad():
+            print(attention_step(args.attention_peak, args.dtype))
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Run the side-by-side benchmark (sets the environment up first; see benchmark.py for options).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/setup_env.sh"
+exec "$PY" "$repo/benchmarks/benchmark.py" "$@"
