@@ -17,6 +17,9 @@ class Inversion:
     method:     "ddim" or "ddpm" (edit-friendly).
     noise:      (n, B, C, H, W) for "ddpm": noise[i] is the noise map of the step from
                 sigmas[i] to sigmas[i + 1]; None for "ddim".
+    keys_values: for the fast mode, {layer name: (keys, values)} of decoder self-attention
+                layers, each (n, B, tokens, channels): what the layer computed from the latent
+                at sigmas[i]; None when not kept. Not written to files.
     """
 
     sigmas: torch.Tensor
@@ -24,6 +27,7 @@ class Inversion:
     model_key: str
     method: str = "ddim"
     noise: Optional[torch.Tensor] = None
+    keys_values: Optional[dict] = None
 
     def __post_init__(self):
         if self.sigmas.ndim != 1 or self.trajectory.ndim < 3:

@@ -4,11 +4,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import comfy.ldm.modules.attention as comfy_attention
+import torch
 
 from ..core.contrast import contrast_attention
 from ..core.cross_attention import cross_image_attention, key_value_sources
 from ..core.inversion import Inversion
 from ..core.schedule import in_step_range, injects_structure, step_index
+from .keys_values import layer_name
 
 SETTINGS_KEY = "cross_image_attention"   # in transformer_options, set by the attention node
 LAYOUT_KEY = "cross_image_layout"        # in transformer_options, set by the sampler node
@@ -29,6 +31,7 @@ class CrossImageSettings:
     contrast: float = 1.0
     structure_every: int = 0
     structure_until: float = 0.0
+    fast: bool = False  # keys and values from the inversions (keys_values.py) instead of batch rows
 
     def __deepcopy__(self, memo):
         return self  # immutable; ComfyUI deep-copies model options on every clone
@@ -36,10 +39,13 @@ class CrossImageSettings:
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """The model batch per conditioning chunk: output rows, appearance rows, structure rows."""
+    """The model batch per conditioning chunk: output rows, appearance rows, structure rows.
+    Fast mode has output rows only; `structure` is then the structure inversion whose kept
+    keys and values serve structure injection (None: no injection)."""
     n_outputs: int
     n_appearances: int
     n_structures: int = 0
+    structure: object = None
 
 
 class CrossImageSelfAttention:
@@ -66,13 +72,26 @@ class CrossImageSelfAttention:
         if step is None or not in_step_range(*step, s.start, s.end):
             return attention(q, k, v)
         layout = extra_options[LAYOUT_KEY]
-        from_structure = layout.n_structures > 0 and injects_structure(*step, s.structure_every, s.structure_until)
-        sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances,
-                                    layout.n_structures, from_structure)
+        injects = injects_structure(*step, s.structure_every, s.structure_until)
         swapped_attention = None  # strength 1 keeps ComfyUI's optimized attention for every row
         if s.contrast != 1.0:
             swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=s.contrast)
+        if s.fast:
+            k, v = self.kept_keys_values(layout.structure if injects and layout.structure is not None else s.appearance,
+                                         step[0], q, layout.n_outputs, extra_options)
+            return (swapped_attention or attention)(q, k, v)
+        from_structure = layout.n_structures > 0 and injects
+        sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances,
+                                    layout.n_structures, from_structure)
         return cross_image_attention(q, k, v, sources, attention, swapped_attention)
+
+    @staticmethod
+    def kept_keys_values(inversion, step, q, n_outputs, extra_options):
+        """Fast mode: the keys and values `inversion` kept for this layer and step, one row per
+        batch row (output j of each chunk takes image j, or the only image)."""
+        keys, values = inversion.keys_values[layer_name(extra_options["block"][1], extra_options["block_index"])]
+        rows = torch.arange(q.shape[0]) % n_outputs % keys.shape[1]
+        return keys[step][rows].to(q), values[step][rows].to(q)
 
 
 @dataclass(frozen=True)

@@ -2,22 +2,8 @@
 looks at the appearance image's keys and values."""
 from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings
 from .inversion_type import CATEGORY, CONTRAST, INVERSION
-from .model_info import decoder_attention_levels, require_inversion
-
-
-def parse_levels(text: str, available: int) -> tuple:
-    """'0,1' -> (0, 1), checked against the model's number of decoder attention levels."""
-    try:
-        levels = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
-    except ValueError:
-        raise ValueError(f"levels: expected comma-separated level numbers like '0,1', got {text!r}") from None
-    if not levels:
-        raise ValueError("levels: choose at least one decoder level, e.g. '0,1'")
-    bad = [level for level in levels if not 0 <= level < available]
-    if bad:
-        raise ValueError(f"levels: this model's decoder has attention at {available} resolution levels "
-                         f"(0 = finest .. {available - 1}); {bad} do not exist")
-    return levels
+from .keys_values import level_layers, require_keys_values
+from .model_info import decoder_attention_levels, parse_levels, require_inversion
 
 
 class CrossImageAttention:
@@ -50,10 +36,13 @@ class CrossImageAttention:
                                             "tooltip": "Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."}),
                 "structure_until": ("FLOAT", {"default": 0.59, "min": 0.0, "max": 1.0, "step": 0.01,
                                               "tooltip": "Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."}),
+                "mode": (["exact", "fast"], {"default": "exact",
+                                             "tooltip": "exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about half the model work, a slightly different image."}),
             },
         }
 
-    def patch(self, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
+    def patch(self, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
+              mode="exact"):
         require_inversion(appearance, "appearance", model)
         if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
             raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
@@ -62,12 +51,17 @@ class CrossImageAttention:
             raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
         if contrast is not None and not isinstance(contrast, ContrastSettings):
             raise ValueError(f"contrast: expected settings from the Attention Contrast node, got {type(contrast).__name__}")
+        if mode not in ("exact", "fast"):
+            raise ValueError(f"mode: 'exact' or 'fast', got {mode!r}")
         strength = contrast.strength if contrast is not None else 1.0
         layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
         chosen = parse_levels(levels, len(layers))
+        if mode == "fast":
+            require_keys_values(appearance, level_layers(model, chosen), "appearance", chosen)
         patched = model.clone()
         settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,
-                                      structure_every=int(structure_every), structure_until=float(structure_until))
+                                      structure_every=int(structure_every), structure_until=float(structure_until),
+                                      fast=mode == "fast")
         attention = CrossImageSelfAttention(settings)
         for level in chosen:
             for block_id, index in layers[level]:

@@ -31,9 +31,10 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     from it), and to the final latent by `finish`. Made for one model call per step
     (euler/ddim, ddpm, the ancestral samplers)."""
 
-    def __init__(self, model_patcher, layout, guidance=None, latent_adain=None):
+    def __init__(self, model_patcher, layout, guidance=None, latent_adain=None, appearance=None):
         super().__init__(model_patcher)
         self.layout, self.guidance, self.latent_adain = layout, guidance, latent_adain
+        self.appearance = appearance  # its inversion: fast mode's appearance latents
 
     def adain_after(self, step, steps):
         s = self.latent_adain
@@ -48,7 +49,10 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
             return
         sampling = self.model_patcher.get_model_object("model_sampling")
         scale = float(sampling.calculate_input(torch.tensor([float(sigma)]), torch.ones(1, 1)))
-        appearance = x[n:n + self.layout.n_appearances] * scale
+        if self.layout.n_appearances:
+            appearance = x[n:n + self.layout.n_appearances] * scale
+        else:  # fast mode: the appearance is not denoised; its inversion has the latent of this noise level
+            appearance = self.appearance.trajectory[finished_step + 1].to(x) * scale
         x[:n] = adain(x[:n] * scale, appearance, latent_mask(s.structure_mask, x[:n], "structure_mask"),
                       latent_mask(s.appearance_mask, appearance, "appearance_mask"),
                       mask_names=("structure_mask", "appearance_mask")) / scale

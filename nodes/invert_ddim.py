@@ -5,7 +5,14 @@ from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
 from .guided_sampling import run_inversion
 from .inversion_type import CATEGORY, INVERSION
+from .keys_values import recording
 from .model_info import model_key
+
+KEEP_KEYS_VALUES = ("STRING", {"default": "", "tooltip": (
+    "For Cross-Image Attention's fast mode: decoder levels (e.g. '0,1', as its levels) whose "
+    "self-attention keys and values are kept at every step, so sampling need not denoise this "
+    "image again. Empty keeps none. Costs memory: at 512 px, levels 0,1 of SD1.5 take about "
+    "24 MB per step in fp16.")})
 
 
 def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip):
@@ -44,14 +51,21 @@ class CrossImageInvertDDIM:
                 "Classifier-free guidance during inversion. 1 inverts most faithfully; higher needs a negative prompt."),
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
+                "keep_keys_values": KEEP_KEYS_VALUES,
             },
         }
 
-    def invert(self, model, latent, positive, steps, scheduler, cfg, negative=None):
+    def invert(self, model, latent, positive, steps, scheduler, cfg, negative=None, keep_keys_values=""):
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)
-        trajectory, _, noisy = run_inversion(
-            model, latent, positive, negative, cfg, sigmas,
-            lambda denoise, clean, report: (ddim_invert(denoise, clean, sigmas, floor, report), None))
-        return (Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim"), noisy)
+        inverting, recorder = recording(model, keep_keys_values, sigmas)
+
+        def invert(denoise, clean, report):
+            trajectory = ddim_invert(denoise, clean, sigmas, floor, report)
+            if recorder is not None:  # the noisiest latent is only stepped from, never evaluated
+                denoise(trajectory[0], float(sigmas[0]))
+            return trajectory, None
+        trajectory, _, noisy = run_inversion(inverting, latent, positive, negative, cfg, sigmas, invert)
+        return (Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim",
+                          keys_values=recorder and recorder.keys_values()), noisy)

@@ -5,8 +5,9 @@ import torch
 from ..core.ddpm import edit_friendly_invert
 from ..core.inversion import Inversion
 from .guided_sampling import run_inversion
-from .invert_ddim import inversion_inputs
+from .invert_ddim import KEEP_KEYS_VALUES, inversion_inputs
 from .inversion_type import CATEGORY, INVERSION
+from .keys_values import recording
 from .model_info import model_key
 
 
@@ -35,18 +36,20 @@ class CrossImageInvertDDPM:
             "required": required,
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt (the paper: an empty prompt); needed when cfg is not 1."}),
+                "keep_keys_values": KEEP_KEYS_VALUES,
             },
         }
 
-    def invert(self, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None):
+    def invert(self, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None, keep_keys_values=""):
         if not 0 <= skip < steps:
             raise ValueError(f"skip: must be less than steps ({steps}), got {skip}")
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()[skip:]
         generator = torch.Generator().manual_seed(seed)
+        inverting, recorder = recording(model, keep_keys_values, sigmas)
         trajectory, noise, noisy = run_inversion(
-            model, latent, positive, negative, cfg, sigmas,
+            inverting, latent, positive, negative, cfg, sigmas,
             lambda denoise, clean, report: edit_friendly_invert(denoise, clean, sigmas, generator, report))
         inversion = Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model),
-                              method="ddpm", noise=noise)
+                              method="ddpm", noise=noise, keys_values=recorder and recorder.keys_values())
         return (inversion, noisy)

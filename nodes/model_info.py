@@ -49,3 +49,18 @@ def require_inversion(value, name: str, model=None):
     if model is not None and value.model_key != model_key(model):
         raise ValueError(f"{name}: this inversion was made with a different model; invert with the same model")
     return value
+
+
+def parse_levels(text: str, available: int, name: str = "levels") -> tuple:
+    """'0,1' -> (0, 1), checked against the model's number of decoder attention levels."""
+    try:
+        levels = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated level numbers like '0,1', got {text!r}") from None
+    if not levels:
+        raise ValueError(f"{name}: choose at least one decoder level, e.g. '0,1'")
+    bad = [level for level in levels if not 0 <= level < available]
+    if bad:
+        raise ValueError(f"{name}: this model's decoder has attention at {available} resolution levels "
+                         f"(0 = finest .. {available - 1}); {bad} do not exist")
+    return levels

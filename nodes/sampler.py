@@ -8,6 +8,7 @@ from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSett
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .inversion_type import CATEGORY, GUIDANCE, INVERSION, LATENT_ADAIN
+from .keys_values import level_layers, require_keys_values
 from .model_info import require_inversion
 
 
@@ -68,14 +69,21 @@ class CrossImageSampler:
         if settings is not None:
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
             # The outputs start from the structure's noise; with structure injection the
-            # structure is also denoised on its own, to lend its keys and values.
+            # structure is also denoised on its own, to lend its keys and values (exact mode),
+            # or lends those its inversion kept (fast mode, where the appearance does too).
             injection = settings.structure_every > 0 and settings.structure_until > 0
-            rows += [settings.appearance] + ([structure] if injection else [])
-            layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
-                                 structure.batch_size if injection else 0)
+            if settings.fast:
+                if injection:
+                    require_keys_values(structure, level_layers(model, settings.levels), "structure", settings.levels)
+                layout = BatchLayout(structure.batch_size, 0, 0, structure if injection else None)
+            else:
+                rows += [settings.appearance] + ([structure] if injection else [])
+                layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
+                                     structure.batch_size if injection else 0)
             model = model.clone()
             model.model_options["transformer_options"][LAYOUT_KEY] = layout
-            guider_class = lambda patcher: CrossImageGuider(patcher, layout, guidance, latent_adain)  # noqa: E731
+            guider_class = lambda patcher: CrossImageGuider(patcher, layout, guidance, latent_adain,  # noqa: E731
+                                                            settings.appearance)
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:

@@ -4,7 +4,6 @@ those inputs). Counted in UNet batch items over two prompts through the real eng
 import copy
 import json
 
-import comfy.model_base
 import headless
 from shipped import WORKFLOWS
 
@@ -16,6 +15,7 @@ def node_id(prompt, class_type, index=0):
 
 
 def test_changing_only_sampling_settings_reuses_the_inversions(comfy_nodes, sd15_checkpoint, example_inputs, monkeypatch):
+    import comfy.model_base
     prompt = headless.workflow_to_prompt(json.load(open(FULL)), headless.node_definitions(comfy_nodes))
     inverts = [node_id(prompt, "CrossImageInvertDDPM", i) for i in range(2)]
     for key in inverts:  # fewer steps than the paper, to keep the CPU test short

@@ -1,0 +1,73 @@
+"""Fast mode's keys and values: an image's decoder self-attention keys and values, recorded at
+every step while the Invert node runs (conditional rows only), so that the Cross-Image Sampler
+can take them instead of denoising that image again alongside the output."""
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import torch
+
+from ..core.schedule import step_index
+from .model_info import decoder_attention_levels, parse_levels
+
+
+def layer_name(block_id: int, index: int) -> str:
+    return f"output.{block_id}.{index}"
+
+
+def level_layers(model, levels: tuple) -> list:
+    """Names of the decoder self-attention layers at `levels` (0 = finest)."""
+    layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
+    return [layer_name(block_id, index) for level in levels for block_id, index in layers[level]]
+
+
+class KeyValueRecorder:
+    """attn1 replacement: ordinary attention that also keeps the conditional rows' keys and
+    values of each step of `schedule` (on ComfyUI's intermediate device)."""
+
+    def __init__(self, schedule: torch.Tensor):
+        self.schedule, self.kept = schedule, {}  # kept[layer][step] = (keys, values)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        step = step_index(self.schedule, float(extra_options["sigmas"].max()))
+        if step < self.schedule.shape[0] - 1:  # the clean end is never sampled from
+            chunks = list(extra_options.get("cond_or_uncond") or [0])
+            rows = q.shape[0] // len(chunks)
+            first = chunks.index(0) * rows  # the conditional chunk
+            device = comfy.model_management.intermediate_device()
+            layer = layer_name(extra_options["block"][1], extra_options["block_index"])
+            self.kept.setdefault(layer, {})[step] = (k[first:first + rows].to(device), v[first:first + rows].to(device))
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                   attn_precision=extra_options.get("attn_precision"))
+
+    def keys_values(self) -> dict:
+        """{layer: (keys, values)}, each (steps, batch, tokens, channels)."""
+        steps = self.schedule.shape[0] - 1
+        return {layer: tuple(torch.stack([per_step[i][j] for i in range(steps)]) for j in (0, 1))
+                for layer, per_step in self.kept.items()}
+
+
+def recording(model, levels_text: str, schedule: torch.Tensor):
+    """(a clone of `model` recording the decoder levels in `levels_text`, its recorder), or
+    (model, None) when `levels_text` is empty."""
+    if not levels_text.strip():
+        return model, None
+    layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
+    chosen = parse_levels(levels_text, len(layers), "keep_keys_values")
+    recorder = KeyValueRecorder(schedule)
+    clone = model.clone()
+    for level in chosen:
+        for block_id, index in layers[level]:
+            clone.set_model_attn1_replace(recorder, "output", block_id, index)
+    return clone, recorder
+
+
+def require_keys_values(inversion, layers: list, name: str, levels: tuple) -> None:
+    """Raise a ValueError naming `name` unless the inversion kept keys and values of every layer."""
+    kept = inversion.keys_values or {}
+    if any(layer not in kept for layer in layers):
+        wanted = ",".join(str(level) for level in levels)
+        raise ValueError(f"{name}: fast mode takes this image's keys and values from its inversion, which did not "
+                         f"keep them for levels {wanted}: set keep_keys_values to '{wanted}' on its Invert node "
+                         "(a loaded inversion never has them), or use mode 'exact'")
