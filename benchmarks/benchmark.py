@@ -1,10 +1,11 @@
 """Side by side, in one process: the pack's node graph and the in-repo reference implementation
 (tests/reference.py, the official algorithm's structure) on the same random-weight model.
 
-Prints, ours vs reference and as ratios:
+Prints, ours (exact mode, and fast mode) vs reference and as ratios:
   - UNet batch items per transfer (counted by instrumenting the model call), at the paper's
     defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
-  - wall time per transfer, median of --runs;
+  - wall time per transfer (both inversions and the sampling), median of --runs;
+  - fast mode's deviation from exact mode;
   - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
 
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
@@ -13,7 +14,6 @@ Prints, ours vs reference and as ratios:
 import argparse
 import dataclasses
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +28,7 @@ sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "scripts")]
 SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config)
     use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
     num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
     context_dim=768, num_heads=8, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
     use_linear_in_transformer=False, use_temporal_attention=False, use_temporal_resblock=False)
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
@@ -73,15 +73,16 @@ def measure(args):
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
           f"latent {tuple(clean['structure'].shape[2:])}, {args.dtype}, runs: {args.runs}")
 
-    def ours(s):
+    def ours(s, mode="exact"):
         counted = node_graph.counting(model)
+        keep = node_graph.levels(s) if mode == "fast" else ""
         synchronize(device)
         start = time.perf_counter()
-        inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed)
+        inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed, keep)
                       for seed, name in enumerate(("appearance", "structure"))]
-        node_graph.transfer(node, counted, cond, s, *inversions)
+        out = node_graph.transfer(node, counted, cond, s, *inversions, mode=mode)
         synchronize(device)
-        return time.perf_counter() - start, sum(counted.evaluations)
+        return time.perf_counter() - start, sum(counted.evaluations), out
 
     def reference(s):
         ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype))
@@ -89,19 +90,25 @@ def measure(args):
         synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
-            ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
+            out = ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
         synchronize(device)
-        return time.perf_counter() - start, ref.evaluations
+        return time.perf_counter() - start, ref.evaluations, out
 
-    settings = {"paper defaults": Settings(), "cheapest faithful": dataclasses.replace(Settings(), inversion_cfg=1.0)}
+    paper = scaled(Settings(), args.steps) if args.steps else Settings()
+    settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
     for label, s in settings.items():
         results = {}
-        for name, run in (("ours", ours), ("reference", reference)):
+        for name, run in (("exact", ours), ("fast", lambda s: ours(s, "fast")), ("reference", reference)):
             runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
-            results[name] = (statistics.median(t for t, _ in runs), runs[0][1])
-        (t_ours, e_ours), (t_ref, e_ref) = results["ours"], results["reference"]
-        print(f"{label:18s} UNet batch items  ours {e_ours:5d}  reference {e_ref:5d}  ratio {e_ours / e_ref:.3f}")
-        print(f"{label:18s} seconds/transfer  ours {t_ours:7.2f}  reference {t_ref:7.2f}  ratio {t_ours / t_ref:.3f}")
+            results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2])
+        t_ref, e_ref, _ = results["reference"]
+        for mode in ("exact", "fast"):
+            t, e, _ = results[mode]
+            print(f"{label:18s} {mode:5s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
+            print(f"{label:18s} {mode:5s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
+        exact, fast = results["exact"][2].float(), results["fast"][2].float()
+        print(f"{label:18s} fast mode's deviation from exact: max {float((fast - exact).abs().max()) / float(exact.std()):.3f}, "
+              f"mean {float((fast - exact).abs().mean()) / float(exact.std()):.3f} of the latent's std")
     peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
     whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
     print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "
@@ -109,10 +116,19 @@ def measure(args):
     print(f"attention step: ours / one whole attention map ({whole_map:.0f} MiB)  ratio {peaks['ours'] / whole_map:.3f}")
 
 
+def scaled(s, steps: int):
+    """The paper's settings on a schedule of `steps` instead of 100 (for quick checks)."""
+    sampled_before = s.steps - s.skip
+    skip = round(s.skip * steps / s.steps)
+    at = lambda step: round(step * (steps - skip) / sampled_before)  # noqa: E731
+    return dataclasses.replace(s, steps=steps, skip=skip, swap_from=at(s.swap_from), structure_until=at(s.structure_until),
+                               guidance=s.guidance[:2] + (at(s.guidance[2]),), adain_from=at(s.adain_from))
+
+
 def attention_peak(which: str, dtype: str) -> float:
     """Peak memory (MiB) above the inputs of one decoder attention step on the batch
-    [output, appearance, structure], each in a fresh process (CPU: the growth of the
-    process's peak resident size; CUDA: torch's peak allocation)."""
+    [output, appearance, structure], each in a fresh process (CPU: the process's peak resident
+    size above its size before the step; CUDA: torch's peak allocation)."""
     # glibc keeps freed blocks below its (growing) mmap threshold in the heap, which would make
     # the resident size overstate what is live; a fixed threshold returns big blocks at once
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -153,9 +169,16 @@ def attention_step(which: str, dtype: str):
         run(q, k, v)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset the peak resident size (VmHWM) to the current one
+    before = resident_kib("VmRSS")
     run(q, k, v)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (resident_kib("VmHWM") - before) / 1024
+
+
+def resident_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def main():
@@ -164,9 +187,12 @@ def main():
     parser.add_argument("--size", type=int, default=256, help="image height in pixels (latent = size / 8)")
     parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up run), at least 1")
+    parser.add_argument("--steps", type=int, default=0, help="schedule length instead of the paper's 100 (quick checks)")
     parser.add_argument("--attention-peak", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     if args.attention_peak:
         with torch.no_grad():
             print(attention_step(args.attention_peak, args.dtype))

@@ -13,7 +13,7 @@ def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> in
 
 
 def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, strength: float,
-                       budget_elements: int = 1 << 22) -> torch.Tensor:
+                       budget_elements: int = 1 << 21) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, Nq, heads*d), k and v (B, Nk, heads*d);
     returns (B, Nq, heads*d). The probabilities are computed in float32."""
     batch, queries, inner = q.shape
