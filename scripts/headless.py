@@ -66,6 +66,14 @@ def _has_control_widget(name, spec) -> bool:
     return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
 
 
+def _widget_default(spec):
+    """The value the editor gives a widget the workflow has no value for (a newer input)."""
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    return spec[0][0] if isinstance(spec[0], list) and spec[0] else None
+
+
 def workflow_to_prompt(workflow: dict, definitions: dict) -> dict:
     """Convert a UI workflow (nodes, links, widgets_values) to an API prompt."""
     links = {link[0]: link for link in workflow.get("links", [])}
@@ -84,7 +92,7 @@ def workflow_to_prompt(workflow: dict, definitions: dict) -> dict:
             for name in definition["input_order"].get(section, []):
                 spec = specs[name]
                 if _is_widget(spec):
-                    value = values.pop(0) if values else None
+                    value = values.pop(0) if values else _widget_default(spec)
                     if _has_control_widget(name, spec) and values:
                         values.pop(0)
                     if name not in linked and value is not None:
