@@ -21,7 +21,8 @@ def latent_mask(mask, latent, name):
 
 
 class CrossImageGuider(comfy.samplers.CFGGuider):
-    """Samples the batch [outputs | appearances | structures] (attention_patch.BatchLayout).
+    """Samples the batch [outputs | appearances | structures] (attention_patch.BatchLayout);
+    in fast mode, the outputs alone (the others lend kept keys and values).
 
     guidance: the output rows' prediction is no_swap + s_i (swap - no_swap); the no-swap pass
     runs on the output rows alone, since the swap does not change the other rows.
