@@ -34,20 +34,6 @@ SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
 
 
-def random_model(kind: str, device, dtype):
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-    import tiny_models
-    unet = SD15_UNET if kind == "sd15" else tiny_models.tiny_unet_config()
-    config = comfy.supported_models.SD15(dict(unet))
-    config.set_inference_dtype(dtype, None)
-    base = comfy.model_base.BaseModel(config, device=device)
-    tiny_models.randomize_(base.diffusion_model, seed=0)
-    base.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"))
-
-
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -56,13 +42,15 @@ def synchronize(device):
 def measure(args):
     import headless
     import node_graph
+    import tiny_models
     from reference import Reference, Settings, diffusers_twin
     folder = tempfile.mkdtemp(prefix="cia-benchmark-")
     nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
     import comfy.model_management
     device = comfy.model_management.get_torch_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
-    model = random_model(args.model, device, dtype)
+    unet = SD15_UNET if args.model == "sd15" else tiny_models.tiny_unet_config()
+    model = tiny_models.random_model(unet, device=device, dtype=dtype)
     twin = diffusers_twin(model).to(device, dtype)
     latent = args.size // 8
     g = torch.Generator().manual_seed(0)

@@ -95,9 +95,11 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         noise), they take the outputs' prediction, and after the last injection step nothing
         reads them, so they take it too."""
         layout, n = self.layout, self.layout.n_outputs
+        if layout.n_structures == 0:
+            return super().predict_noise(x, timestep, model_options, seed)
         kept = n + layout.n_appearances
         twins = not swapping and torch.equal(x[:n], x[kept:])
-        if layout.n_structures == 0 or (not twins and self.injects_from(index, steps, settings)):
+        if not twins and self.injects_from(index, steps, settings):
             return super().predict_noise(x, timestep, model_options, seed)
         options = {**model_options, "transformer_options": {
             **model_options["transformer_options"], LAYOUT_KEY: BatchLayout(n, layout.n_appearances)}}

@@ -38,21 +38,26 @@ def tiny_model(seed: int = 0, prediction: str = "eps", channel_mult=(1, 2, 2), o
     """A ComfyUI MODEL (ModelPatcher) of the SD1.5 family with a tiny random UNet, on the CPU.
 
     prediction "v" gives an SD2-style v-prediction model; output_scale scales the last layer."""
+    return random_model(tiny_unet_config(channel_mult), seed, prediction, output_scale)
+
+
+def random_model(unet_config: dict, seed: int = 0, prediction: str = "eps", output_scale: float = 1.0,
+                 device=torch.device("cpu"), dtype=torch.float32):
+    """A ComfyUI MODEL of the SD1.5 family with this UNet configuration and random weights."""
     import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.supported_models.SD15(tiny_unet_config(channel_mult))
-    config.set_inference_dtype(torch.float32, None)
+    config = comfy.supported_models.SD15(dict(unet_config))
+    config.set_inference_dtype(dtype, None)
     model_type = {"eps": comfy.model_base.ModelType.EPS,
                   "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
-    base = comfy.model_base.BaseModel(config, model_type=model_type, device=torch.device("cpu"))
+    base = comfy.model_base.BaseModel(config, model_type=model_type, device=device)
     randomize_(base.diffusion_model, seed)
     with torch.no_grad():  # a smaller last layer makes eps vary smoothly, as in a trained model
         base.diffusion_model.out[-1].weight.mul_(output_scale)
     base.eval().requires_grad_(False)  # as in ComfyUI, which runs graphs in inference mode
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"))
 
 
 def conditioning(seed: int = 0, tokens: int = 8):
