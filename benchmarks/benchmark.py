@@ -6,6 +6,7 @@ Prints, ours (exact mode, and fast mode) vs reference and as ratios:
     defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
   - wall time per transfer (both inversions and the sampling), median of --runs;
   - fast mode's deviation from exact mode;
+  - on CUDA, peak GPU memory per transfer: one UNet's weights plus the run's working memory;
   - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
 
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
@@ -31,6 +32,7 @@ SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
     context_dim=768, num_heads=8, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
     use_linear_in_transformer=False, use_temporal_attention=False, use_temporal_resblock=False)
+GIB = 2 ** 30
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
 
 
@@ -58,29 +60,42 @@ def measure(args):
     cond, uncond = (torch.randn(1, 77, context_dim, generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
     node = lambda name: nodes.NODE_CLASS_MAPPINGS[name]()  # noqa: E731
+    weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / GIB
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
           f"latent {tuple(clean['structure'].shape[2:])}, {args.dtype}, runs: {args.runs}")
+
+    def timed(run):
+        """(seconds, peak CUDA memory above what was allocated before, in bytes, or None on CPU, result)."""
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        result = run()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        return seconds, torch.cuda.max_memory_allocated() - before if device.type == "cuda" else None, result
 
     def ours(s, mode="exact"):
         counted = node_graph.counting(model)
         keep = node_graph.levels(s) if mode == "fast" else ""
-        synchronize(device)
-        start = time.perf_counter()
-        inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed, keep)
-                      for seed, name in enumerate(("appearance", "structure"))]
-        out = node_graph.transfer(node, counted, cond, s, *inversions, mode=mode)
-        synchronize(device)
-        return time.perf_counter() - start, sum(counted.evaluations), out
+
+        def run():
+            inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed, keep)
+                          for seed, name in enumerate(("appearance", "structure"))]
+            return node_graph.transfer(node, counted, cond, s, *inversions, mode=mode)
+        seconds, peak, out = timed(run)
+        return seconds, peak, sum(counted.evaluations), out
 
     def reference(s):
         ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype))
         draws = [torch.randn((s.steps, 1) + clean["structure"].shape[1:], generator=g).to(device, dtype) for _ in range(2)]
-        synchronize(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
-        synchronize(device)
-        return time.perf_counter() - start, ref.evaluations, out
+
+        def run():
+            with torch.no_grad():
+                return ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
+        seconds, peak, out = timed(run)
+        return seconds, peak, ref.evaluations, out
 
     paper = scaled(Settings(), args.steps) if args.steps else Settings()
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
@@ -88,13 +103,16 @@ def measure(args):
         results = {}
         for name, run in (("exact", ours), ("fast", lambda s: ours(s, "fast")), ("reference", reference)):
             runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
-            results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2])
-        t_ref, e_ref, _ = results["reference"]
+            results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2], runs[0][3])
+        t_ref, m_ref, e_ref, _ = results["reference"]
         for mode in ("exact", "fast"):
-            t, e, _ = results[mode]
+            t, m, e, _ = results[mode]
             print(f"{label:18s} {mode:5s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
             print(f"{label:18s} {mode:5s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
-        exact, fast = results["exact"][2].float(), results["fast"][2].float()
+            if m is not None:  # the UNet's weights are allocated before and counted apart
+                print(f"{label:18s} {mode:5s} peak GiB, weights {weights:.2f} + working  ours {weights + m / GIB:6.2f}  "
+                      f"reference {weights + m_ref / GIB:6.2f}  ratio {(weights + m / GIB) / (weights + m_ref / GIB):.3f}")
+        exact, fast = results["exact"][3].float(), results["fast"][3].float()
         print(f"{label:18s} fast mode's deviation from exact: max {float((fast - exact).abs().max()) / float(exact.std()):.3f}, "
               f"mean {float((fast - exact).abs().mean()) / float(exact.std()):.3f} of the latent's std")
     peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
