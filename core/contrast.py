@@ -23,9 +23,11 @@ def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     mean = 1.0 / keys
     chunk = query_chunk(batch * heads, queries, keys, budget_elements)
     out = torch.empty_like(q)
-    k_t = k.transpose(-1, -2).float()
+    # float32 copies made once, not per chunk; the 1/sqrt(d) scale rides on the keys
+    k_t, v = (k.transpose(-1, -2).float() * dim ** -0.5), v.float()
     for start in range(0, queries, chunk):
-        probs = ((q[:, :, start:start + chunk].float() * dim ** -0.5) @ k_t).softmax(dim=-1)
-        probs.sub_(mean).mul_(strength).add_(mean).clamp_(0.0, 1.0)  # in place: one chunk-sized map at a time
-        out[:, :, start:start + chunk] = (probs @ v.float()).to(out.dtype)
+        probs = (q[:, :, start:start + chunk].float() @ k_t).softmax(dim=-1)
+        # (A - mean) * beta + mean, in place: one chunk-sized map at a time
+        probs.mul_(strength).add_(mean * (1.0 - strength)).clamp_(0.0, 1.0)
+        out[:, :, start:start + chunk] = probs @ v
     return out.transpose(1, 2).reshape(batch, queries, inner)

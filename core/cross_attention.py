@@ -5,6 +5,7 @@ The model batch holds, per conditioning chunk, the output rows, the appearance r
 structure injection is on) the structure rows: [out_0 .. , app_0 .. , str_0 ..], repeated for
 the cond/uncond chunks.
 """
+from functools import lru_cache
 from typing import Callable, Optional
 
 import torch
@@ -33,6 +34,17 @@ def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structure
     return sources
 
 
+@lru_cache(maxsize=64)
+def row_plan(sources: tuple, device: torch.device) -> tuple:
+    """(every row's source, kept rows, swapped rows, the rows those take keys and values from)
+    as index tensors on `device`, made once per layout: a boolean mask on the GPU, or indices
+    copied from the CPU at each layer, would make the CPU wait for the GPU's queued work."""
+    rows = torch.tensor(sources)
+    swapped = rows != torch.arange(len(sources))
+    plan = (rows, torch.nonzero(~swapped)[:, 0], torch.nonzero(swapped)[:, 0], rows[swapped])
+    return tuple(t.to(device) for t in plan)
+
+
 def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sources: torch.Tensor,
                           attention: Attention, swapped_attention: Optional[Attention] = None) -> torch.Tensor:
     """Attention where row r uses the keys and values of row sources[r] (eq. 2).
@@ -40,12 +52,13 @@ def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sou
     Rows that take another row's keys and values (the outputs) go through
     `swapped_attention` when one is given (e.g. attention with contrast); the others, and
     all rows when it is None, through `attention`."""
-    sources = sources.to(k.device)
+    every, kept, swapped, taken = row_plan(tuple(sources.tolist()), q.device)
     if swapped_attention is None:
-        return attention(q, k.index_select(0, sources), v.index_select(0, sources))
-    swapped = sources != torch.arange(sources.shape[0], device=sources.device)
-    kept, taken = ~swapped, sources[swapped]
+        return attention(q, k.index_select(0, every), v.index_select(0, every))
     out = torch.empty_like(q)
-    out[kept] = attention(q[kept], k[kept], v[kept])
-    out[swapped] = swapped_attention(q[swapped], k[taken], v[taken])
+    if len(kept):
+        out.index_copy_(0, kept, attention(*(t.index_select(0, kept) for t in (q, k, v))))
+    if len(swapped):
+        out.index_copy_(0, swapped, swapped_attention(q.index_select(0, swapped), k.index_select(0, taken),
+                                                      v.index_select(0, taken)))
     return out

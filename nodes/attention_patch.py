@@ -9,7 +9,7 @@ import torch
 from ..core.contrast import contrast_attention
 from ..core.cross_attention import cross_image_attention, key_value_sources
 from ..core.inversion import Inversion
-from ..core.schedule import in_step_range, injects_structure, step_index
+from ..core.schedule import CallStep, in_step_range, injects_structure
 from .keys_values import layer_name
 
 SETTINGS_KEY = "cross_image_attention"   # in transformer_options, set by the attention node
@@ -53,7 +53,7 @@ class CrossImageSelfAttention:
     Cross-Image Sampler run, where the output rows use the appearance rows' keys and values."""
 
     def __init__(self, settings: CrossImageSettings):
-        self.settings = settings
+        self.settings, self.call_step = settings, CallStep()
 
     def __deepcopy__(self, memo):
         return self
@@ -63,7 +63,7 @@ class CrossImageSelfAttention:
         schedule = options.get("sample_sigmas")
         if options.get(LAYOUT_KEY) is None or schedule is None:
             return None
-        return step_index(schedule, float(options["sigmas"].max())), schedule.shape[0] - 1
+        return self.call_step(schedule, options["sigmas"]), schedule.shape[0] - 1
 
     def __call__(self, q, k, v, extra_options):
         attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
@@ -90,8 +90,9 @@ class CrossImageSelfAttention:
         """Fast mode: the keys and values `inversion` kept for this layer and step, one row per
         batch row (output j of each chunk takes image j, or the only image)."""
         keys, values = inversion.keys_values[layer_name(extra_options["block"][1], extra_options["block_index"])]
-        rows = torch.arange(q.shape[0]) % n_outputs % keys.shape[1]
-        return keys[step][rows].to(q), values[step][rows].to(q)
+        rows = torch.arange(q.shape[0], device=q.device) % n_outputs % keys.shape[1]
+        # from pinned memory (keys_values.py) the copy runs without making the CPU wait
+        return tuple(t[step].to(q.device, q.dtype, non_blocking=True).index_select(0, rows) for t in (keys, values))
 
 
 @dataclass(frozen=True)

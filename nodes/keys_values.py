@@ -5,7 +5,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import torch
 
-from ..core.schedule import step_index
+from ..core.schedule import CallStep
 from .model_info import decoder_attention_levels, parse_levels
 
 
@@ -21,31 +21,54 @@ def level_layers(model, levels: tuple) -> list:
 
 class KeyValueRecorder:
     """attn1 replacement: ordinary attention that also keeps the conditional rows' keys and
-    values of each step of `schedule` (on ComfyUI's intermediate device)."""
+    values of each step of `schedule` (on ComfyUI's intermediate device; in pinned memory when
+    that is the CPU and the model runs on CUDA, so the copies do not stall the GPU)."""
 
     def __init__(self, schedule: torch.Tensor):
-        self.schedule, self.kept = schedule, {}  # kept[layer][step] = (keys, values)
+        self.schedule, self.call_step = schedule, CallStep()
+        self.kept, self.seen = {}, {}  # kept[layer] = (keys, values), each (steps, batch, tokens, channels)
 
     def __deepcopy__(self, memo):
         return self
 
     def __call__(self, q, k, v, extra_options):
-        step = step_index(self.schedule, float(extra_options["sigmas"].max()))
-        if step < self.schedule.shape[0] - 1:  # the clean end is never sampled from
-            chunks = list(extra_options.get("cond_or_uncond") or [0])
+        step, steps = self.call_step(self.schedule, extra_options["sigmas"]), self.schedule.shape[0] - 1
+        chunks = list(extra_options.get("cond_or_uncond") or [0])
+        if step < steps and 0 in chunks:  # the clean end is never sampled from; 0: the conditional chunk
             rows = q.shape[0] // len(chunks)
-            first = chunks.index(0) * rows  # the conditional chunk
-            device = comfy.model_management.intermediate_device()
+            first = chunks.index(0) * rows
             layer = layer_name(extra_options["block"][1], extra_options["block_index"])
-            self.kept.setdefault(layer, {})[step] = (k[first:first + rows].to(device), v[first:first + rows].to(device))
+            if layer not in self.kept:
+                self.kept[layer] = tuple(step_buffer(steps, t[first:first + rows]) for t in (k, v))
+                self.seen[layer] = set()
+            for kept, t in zip(self.kept[layer], (k, v)):
+                kept[step].copy_(t[first:first + rows], non_blocking=True)
+            self.seen[layer].add(step)
         return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
                                                    attn_precision=extra_options.get("attn_precision"))
 
     def keys_values(self) -> dict:
         """{layer: (keys, values)}, each (steps, batch, tokens, channels)."""
         steps = self.schedule.shape[0] - 1
-        return {layer: tuple(torch.stack([per_step[i][j] for i in range(steps)]) for j in (0, 1))
-                for layer, per_step in self.kept.items()}
+        for layer, seen in self.seen.items():
+            if len(seen) != steps:
+                raise RuntimeError(f"keep_keys_values: layer {layer} ran at {len(seen)} of {steps} steps")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the copies into pinned memory are done before anyone reads them
+        return self.kept
+
+
+def step_buffer(steps: int, like: torch.Tensor) -> torch.Tensor:
+    """Room for `steps` copies of `like` on ComfyUI's intermediate device, pinned when that is the
+    CPU and `like` is on CUDA (pinned memory is limited: ordinary memory if it is refused)."""
+    device = comfy.model_management.intermediate_device()
+    shape = (steps,) + tuple(like.shape)
+    if device.type == "cpu" and like.device.type == "cuda":
+        try:
+            return torch.empty(shape, dtype=like.dtype, device=device, pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=like.dtype, device=device)
 
 
 def recording(model, levels_text: str, schedule: torch.Tensor):
