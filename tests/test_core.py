@@ -64,6 +64,15 @@ def test_step_index(core):
     assert [core.schedule.step_index(schedule, s) for s in (10.0, 5.0, 2.0, 7.0, 1.0)] == [0, 1, 2, 1, 3]
 
 
+def test_call_step_reads_the_sigmas_once_per_call(core):
+    call_step, schedule = core.schedule.CallStep(), torch.tensor([10.0, 5.0, 2.0, 0.0])
+    sigmas = torch.tensor([5.0, 5.0])
+    assert call_step(schedule, sigmas) == 1
+    sigmas.fill_(2.0)  # the same tensor object: the same call, whose step was already read
+    assert call_step(schedule, sigmas) == 1
+    assert call_step(schedule, torch.tensor([2.0])) == 2  # a new call's tensor is read
+
+
 def test_in_step_range_matches_the_paper(core):
     # Paper: swap from step 10 of 68 to the end; 0.15 * 68 = 10.2 rounds to 10.
     active = [i for i in range(68) if core.schedule.in_step_range(i, 68, 0.15, 1.0)]
@@ -105,6 +114,17 @@ def test_cross_image_attention_passes_swapped_keys_values(core):
     assert seen["q"].flatten().tolist() == [0, 1, 2]
     assert seen["k"].flatten().tolist() == [12, 11, 12]
     assert seen["v"].flatten().tolist() == [22, 21, 22]
+
+
+def test_cross_image_attention_routes_swapped_rows(core):
+    q, k, v = (torch.arange(4.0).view(4, 1, 1) + offset for offset in (0, 10, 20))
+    plain = lambda q_, k_, v_: k_ + v_  # noqa: E731
+    swapped = lambda q_, k_, v_: -(k_ + v_)  # noqa: E731
+    out = core.cross_attention.cross_image_attention(q, k, v, torch.tensor([1, 1, 1, 3]), plain, swapped)
+    # rows 0 and 2 take row 1's keys and values through the swapped attention; 1 and 3 keep theirs
+    assert out.flatten().tolist() == [-32, 32, -32, 36]
+    plan = core.cross_attention.row_plan
+    assert plan((1, 1, 1, 3), torch.device("cpu")) is plan((1, 1, 1, 3), torch.device("cpu"))  # made once per layout
 
 
 def test_adain_by_hand(core):

@@ -129,6 +129,25 @@ def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny
     assert swapped == {(key, step) for key in FINEST_TWO for step in range(3, 8)}
 
 
+def test_recorder_keeps_the_conditional_rows_of_every_step(pack):
+    recorder = pack.nodes.keys_values.KeyValueRecorder(torch.tensor([3.0, 2.0, 0.0]))
+    k, v = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+
+    def call(sigma, chunks, rows):
+        options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": chunks, "block": ("output", 3),
+                   "block_index": 0, "n_heads": 2}
+        return recorder(k[rows], k[rows], v[rows], options)
+
+    call(3.0, [1, 0], slice(0, 4))  # step 0: [uncond, cond] in one call
+    call(2.0, [1], slice(0, 2))     # step 1 split by ComfyUI: the unconditional rows alone are not kept
+    with pytest.raises(RuntimeError, match="output.3.0 ran at 1 of 2 steps"):
+        recorder.keys_values()
+    call(2.0, [0], slice(2, 4))     # step 1's conditional rows
+    keys, values = recorder.keys_values()["output.3.0"]
+    assert keys.shape == (2, 2, 6, 8)
+    assert torch.equal(keys[0], k[2:]) and torch.equal(keys[1], k[2:]) and torch.equal(values[0], v[2:])
+
+
 def assert_same_up_to_batching(a, b):
     """Equal up to float rounding that differs between batch sizes (values here are ~10)."""
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
