@@ -1,9 +1,10 @@
 """Cross-image attention (Alaluf et al. 2024, eq. 2): the output's queries attend to the
 appearance image's keys and values, Attn(Q_out, K_app, V_app) = softmax(Q_out K_app^T / sqrt(d)) V_app.
 
-The model batch holds, per conditioning chunk, the output rows, the appearance rows, and (when
-structure injection is on) the structure rows: [out_0 .. , app_0 .. , str_0 ..], repeated for
-the cond/uncond chunks.
+The model batch holds, per conditioning chunk, the output rows, the appearance rows, (when
+structure injection is on) the structure rows, and (for appearance guidance) plain copies of
+the output rows: [out_0 .. , app_0 .. , str_0 .., plain_0 ..], repeated for the cond/uncond
+chunks.
 """
 from functools import lru_cache
 from typing import Callable, Optional
@@ -14,16 +15,17 @@ Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structures: int = 0,
-                      from_structure: bool = False) -> torch.Tensor:
+                      from_structure: bool = False, n_plain: int = 0) -> torch.Tensor:
     """For each row of the model batch, the row whose keys and values it attends to.
 
     Output row j of a chunk takes appearance row j % n_appearances of the same chunk (one
     appearance for all outputs, or one each), or with `from_structure` its own structure row j
-    (structure injection); appearance and structure rows keep their own."""
-    per_chunk = n_outputs + n_appearances + n_structures
+    (structure injection); appearance and structure rows keep their own, and so do the
+    `n_plain` rows that may end each chunk (copies of the outputs, predicted without the swap)."""
+    per_chunk = n_outputs + n_appearances + n_structures + n_plain
     if rows % per_chunk:
         raise ValueError(f"batch of {rows} rows is not a multiple of {n_outputs} outputs + "
-                         f"{n_appearances} appearances + {n_structures} structures")
+                         f"{n_appearances} appearances + {n_structures} structures + {n_plain} plain rows")
     if from_structure and n_structures != n_outputs:
         raise ValueError(f"structure injection needs one structure row per output ({n_structures} for {n_outputs})")
     outputs = torch.arange(n_outputs)

@@ -39,13 +39,16 @@ class CrossImageSettings:
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """The model batch per conditioning chunk: output rows, appearance rows, structure rows.
-    Fast mode has output rows only; `structure` is then the structure inversion whose kept
-    keys and values serve structure injection (None: no injection)."""
+    """The model batch per conditioning chunk: output rows, appearance rows, structure rows,
+    plain rows (copies of the outputs that keep their own keys and values: appearance
+    guidance's no-swap prediction, in the same model call). Fast mode has output rows only;
+    `structure` is then the structure inversion whose kept keys and values serve structure
+    injection (None: no injection)."""
     n_outputs: int
     n_appearances: int
     n_structures: int = 0
     structure: object = None
+    n_plain: int = 0
 
 
 class CrossImageSelfAttention:
@@ -77,12 +80,18 @@ class CrossImageSelfAttention:
         if s.contrast != 1.0:
             swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=s.contrast)
         if s.fast:
-            k, v = self.kept_keys_values(layout.structure if injects and layout.structure is not None else s.appearance,
-                                         step[0], q, layout.n_outputs, extra_options)
-            return (swapped_attention or attention)(q, k, v)
+            kept_k, kept_v = self.kept_keys_values(layout.structure if injects and layout.structure is not None
+                                                   else s.appearance, step[0], q, layout.n_outputs, extra_options)
+            if not layout.n_plain:
+                return (swapped_attention or attention)(q, kept_k, kept_v)
+            # the output rows take the kept keys and values, appended after the batch; plain rows keep their own
+            sources = torch.arange(q.shape[0])
+            sources[sources % (layout.n_outputs + layout.n_plain) < layout.n_outputs] += q.shape[0]
+            return cross_image_attention(q, torch.cat([k, kept_k]), torch.cat([v, kept_v]), sources, attention,
+                                         swapped_attention)
         from_structure = layout.n_structures > 0 and injects
         sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances,
-                                    layout.n_structures, from_structure)
+                                    layout.n_structures, from_structure, layout.n_plain)
         return cross_image_attention(q, k, v, sources, attention, swapped_attention)
 
     @staticmethod

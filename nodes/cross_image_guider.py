@@ -1,5 +1,7 @@
 """The Cross-Image Sampler's guider: ComfyUI's CFGGuider plus the paper's per-step extras on
 the output rows: appearance guidance (core/guidance.py) and AdaIN on latents (core/adain.py)."""
+from dataclasses import replace
+
 import comfy.samplers
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from ..core.adain import adain
 from ..core.guidance import guidance_scale, guide
 from ..core.schedule import in_step_range, injects_structure, step_index
-from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout
+from .attention_patch import LAYOUT_KEY, SETTINGS_KEY
 
 
 def latent_mask(mask, latent, name):
@@ -24,8 +26,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     """Samples the batch [outputs | appearances | structures] (attention_patch.BatchLayout);
     in fast mode, the outputs alone (the others lend kept keys and values).
 
-    guidance: the output rows' prediction is no_swap + s_i (swap - no_swap); the no-swap pass
-    runs on the output rows alone, since the swap does not change the other rows.
+    guidance: the output rows' prediction is no_swap + s_i (swap - no_swap); the no-swap
+    prediction is made for the output rows alone (the swap does not change the other rows), by
+    plain copies of them in the same model call.
     latent_adain: after each step in its range, the output latents take the appearance
     latents' per-channel statistics. ComfyUI's samplers have no hook between steps, so this is
     applied, in place, to the latent handed to the next model call (the sampler continues
@@ -76,35 +79,38 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
             self.match_appearance(x, index - 1, steps, float(schedule[index]))
         settings = model_options["transformer_options"][SETTINGS_KEY]
         swapping = in_step_range(index, steps, settings.start, settings.end)
-        swap = self.predict_swap(x, timestep, model_options, seed, settings, index, steps, swapping)
         g = self.guidance
         scale = None if g is None else guidance_scale(index, steps, g.scale, g.end_scale, g.start)
-        if scale is None or not swapping:  # without a swap, the plain prediction is the same
+        guided = scale is not None and swapping  # without a swap, the plain prediction is the same
+        swap, no_swap = self.predict_swap(x, timestep, model_options, seed, settings, index, steps, swapping, guided)
+        if not guided:
             return swap
-        plain_options = {**model_options, "transformer_options": {
-            k: v for k, v in model_options["transformer_options"].items() if k != LAYOUT_KEY}}
         n = self.layout.n_outputs
-        no_swap = comfy.samplers.sampling_function(
-            self.inner_model, x[:n], timestep[:n], self.conds.get("negative"), self.conds.get("positive"),
-            self.cfg, model_options=plain_options, seed=seed)
         return torch.cat([guide(no_swap, swap[:n], scale), swap[n:]])
 
-    def predict_swap(self, x, timestep, model_options, seed, settings, index, steps, swapping):
-        """The prediction with cross-image attention. The structure rows are run only while
-        they matter: before the swap, while they still equal the output rows (same start, same
-        noise), they take the outputs' prediction, and after the last injection step nothing
-        reads them, so they take it too."""
+    def predict_swap(self, x, timestep, model_options, seed, settings, index, steps, swapping, plain=False):
+        """(the prediction with cross-image attention, for every row of x; with `plain`, the
+        output rows' prediction without it, from extra rows of the same model call, else None).
+
+        The structure rows are run only while they matter: before the swap, while they still
+        equal the output rows (same start, same noise), they take the outputs' prediction, and
+        after the last injection step nothing reads them, so they take it too. Batches of one to
+        three latents cost a model call's overhead more than its arithmetic on a GPU, so one call
+        with more rows is cheaper than two."""
         layout, n = self.layout, self.layout.n_outputs
-        if layout.n_structures == 0:
-            return super().predict_noise(x, timestep, model_options, seed)
         kept = n + layout.n_appearances
-        twins = not swapping and torch.equal(x[:n], x[kept:])
-        if not twins and self.injects_from(index, steps, settings):
-            return super().predict_noise(x, timestep, model_options, seed)
-        options = {**model_options, "transformer_options": {
-            **model_options["transformer_options"], LAYOUT_KEY: BatchLayout(n, layout.n_appearances)}}
-        part = super().predict_noise(x[:kept], timestep[:kept], options, seed)
-        return torch.cat([part, part[:n]])
+        structures = layout.n_structures
+        if structures and ((not swapping and torch.equal(x[:n], x[kept:])) or not self.injects_from(index, steps, settings)):
+            structures = 0
+        rows, plains = kept + structures, n if plain else 0
+        batch, times = (torch.cat([t[:rows], t[:plains]]) if plains else t[:rows] for t in (x, timestep))
+        options = model_options
+        if structures != layout.n_structures or plains:
+            options = {**model_options, "transformer_options": {**model_options["transformer_options"],
+                       LAYOUT_KEY: replace(layout, n_structures=structures, n_plain=plains)}}
+        out = super().predict_noise(batch, times, options, seed)
+        swap = out[:rows] if structures == layout.n_structures else torch.cat([out[:rows], out[:n]])
+        return swap, out[rows:] if plain else None
 
     @staticmethod
     def injects_from(index, steps, s):

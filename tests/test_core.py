@@ -91,6 +91,11 @@ def test_key_value_sources(core):
     # [out0, out1, app, str0, str1] x 2 chunks; injection steps take the structure rows
     assert sources(10, 2, 1, 2).tolist() == [2, 2, 2, 3, 4, 7, 7, 7, 8, 9]
     assert sources(10, 2, 1, 2, from_structure=True).tolist() == [3, 4, 2, 3, 4, 8, 9, 7, 8, 9]
+    # plain copies of the outputs end each chunk and keep their own keys and values
+    assert sources(10, 2, 1, 0, n_plain=2).tolist() == [2, 2, 2, 3, 4, 7, 7, 7, 8, 9]
+    assert sources(5, 1, 1, 1, from_structure=True, n_plain=2).tolist() == [2, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="1 structures \\+ 2 plain rows"):
+        sources(6, 1, 1, 1, n_plain=2)
     with pytest.raises(ValueError, match="one structure row per output"):
         sources(4, 2, 1, 1, from_structure=True)
 

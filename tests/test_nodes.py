@@ -362,7 +362,8 @@ def test_appearance_guidance_runs_the_plain_pass_on_output_rows_on_guided_steps(
     instrumented, calls = record_attention(patched, pack)
     node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.3))
     middle = [(step, rows) for kind, key, step, rows in calls if kind == "any" and key[0] == "middle"]
-    assert middle == [(i, 3) for i in range(3)] + [x for i in range(3, 10) for x in ((i, 3), (i, 2))]
+    # one call per step: 2 outputs + 1 appearance, and on guided steps 2 plain copies of the outputs
+    assert middle == [(i, 3) for i in range(3)] + [(i, 5) for i in range(3, 10)]
 
 
 def test_appearance_guidance_limits(node, tiny_model, cond):
