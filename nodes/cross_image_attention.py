@@ -37,7 +37,7 @@ class CrossImageAttention:
                 "structure_until": ("FLOAT", {"default": 0.59, "min": 0.0, "max": 1.0, "step": 0.01,
                                               "tooltip": "Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."}),
                 "mode": (["exact", "fast"], {"default": "exact",
-                                             "tooltip": "exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about a fifth less model work and memory, and a different image. It pays where arithmetic dominates (CPU, large images); on a fast GPU at 512 px, exact is quicker (README, Speed)."}),
+                                             "tooltip": "exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about a fifth fewer batch rows and a little less memory, and a different image. Not faster than exact in the benchmarks so far (README, Speed)."}),
             },
         }
 
