@@ -24,7 +24,8 @@ def latent_mask(mask, latent, name):
 
 class CrossImageGuider(comfy.samplers.CFGGuider):
     """Samples the batch [outputs | appearances | structures] (attention_patch.BatchLayout);
-    in fast mode, the outputs alone (the others lend kept keys and values).
+    in fast mode, the outputs alone (the others lend kept keys and values). On guided steps
+    each model call also carries plain copies of the outputs.
 
     guidance: the output rows' prediction is no_swap + s_i (swap - no_swap); the no-swap
     prediction is made for the output rows alone (the swap does not change the other rows), by
