@@ -1,4 +1,7 @@
-"""ComfyUI node classes of the pack, registered by the package's __init__."""
+"""The pack's ComfyUI nodes (V3 schema), registered through a ComfyExtension by the package's
+__init__ (comfy_entrypoint)."""
+from comfy_api.latest import ComfyExtension
+
 from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
@@ -9,30 +12,25 @@ from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
 from .self_segmentation import CrossImageSelfSegmentation
 
-NODE_CLASS_MAPPINGS = {
-    "CrossImageInvertDDIM": CrossImageInvertDDIM,
-    "CrossImageInvertDDPM": CrossImageInvertDDPM,
-    "CrossImageAttention": CrossImageAttention,
-    "CrossImageAttentionContrast": CrossImageAttentionContrast,
-    "CrossImageSampler": CrossImageSampler,
-    "CrossImageAppearanceGuidance": CrossImageAppearanceGuidance,
-    "CrossImageLatentAdaIN": CrossImageLatentAdaIN,
-    "CrossImageSelfSegmentation": CrossImageSelfSegmentation,
-    "CrossImageAdaINImage": CrossImageAdaINImage,
-    "CrossImageSaveInversion": CrossImageSaveInversion,
-    "CrossImageLoadInversion": CrossImageLoadInversion,
-}
+NODES = [
+    CrossImageInvertDDIM,
+    CrossImageInvertDDPM,
+    CrossImageAttention,
+    CrossImageAttentionContrast,
+    CrossImageSampler,
+    CrossImageAppearanceGuidance,
+    CrossImageLatentAdaIN,
+    CrossImageSelfSegmentation,
+    CrossImageAdaINImage,
+    CrossImageSaveInversion,
+    CrossImageLoadInversion,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "CrossImageInvertDDIM": "Invert (DDIM)",
-    "CrossImageInvertDDPM": "Invert (Edit-Friendly DDPM)",
-    "CrossImageAttention": "Cross-Image Attention",
-    "CrossImageAttentionContrast": "Attention Contrast",
-    "CrossImageSampler": "Cross-Image Sampler",
-    "CrossImageAppearanceGuidance": "Appearance Guidance",
-    "CrossImageLatentAdaIN": "Latent AdaIN",
-    "CrossImageSelfSegmentation": "Self-Segmentation",
-    "CrossImageAdaINImage": "AdaIN (Image)",
-    "CrossImageSaveInversion": "Save Inversion",
-    "CrossImageLoadInversion": "Load Inversion",
-}
+
+class CrossImageAttentionExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> CrossImageAttentionExtension:
+    return CrossImageAttentionExtension()

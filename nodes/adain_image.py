@@ -2,7 +2,7 @@
 import torch
 
 from ..core.adain import adain
-from .inversion_type import CATEGORY
+from .sockets import CATEGORY, io
 
 
 def _mask_for(mask, image, name):
@@ -17,29 +17,27 @@ def _mask_for(mask, image, name):
     return mask
 
 
-class CrossImageAdaINImage:
-    DESCRIPTION = ("AdaIN on images: shifts and scales each colour channel of the image so its mean "
-                   "and standard deviation match the reference (e.g. the appearance image). "
-                   "Masks limit which pixels give the statistics and which pixels change.")
-    CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("The image with the reference's colour statistics, clipped to [0, 1].",)
+class CrossImageAdaINImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageAdaINImage",
+            display_name="AdaIN (Image)",
+            category=CATEGORY,
+            description=("AdaIN on images: shifts and scales each colour channel of the image so its mean and "
+                         "standard deviation match the reference (e.g. the appearance image). Masks limit which "
+                         "pixels give the statistics and which pixels change."),
+            inputs=[
+                io.Image.Input("image", tooltip="The image to recolour (the decoded output)."),
+                io.Image.Input("reference", tooltip="The image whose colour statistics to copy (the appearance image); one, or one per image."),
+                io.Mask.Input("image_mask", optional=True, tooltip="Only these pixels of the image are measured and changed (e.g. the object)."),
+                io.Mask.Input("reference_mask", optional=True, tooltip="Only these pixels of the reference give the statistics."),
+            ],
+            outputs=[io.Image.Output(tooltip="The image with the reference's colour statistics, clipped to [0, 1].")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The image to recolour (the decoded output)."}),
-                "reference": ("IMAGE", {"tooltip": "The image whose colour statistics to copy (the appearance image); one, or one per image."}),
-            },
-            "optional": {
-                "image_mask": ("MASK", {"tooltip": "Only these pixels of the image are measured and changed (e.g. the object)."}),
-                "reference_mask": ("MASK", {"tooltip": "Only these pixels of the reference give the statistics."}),
-            },
-        }
-
-    def apply(self, image, reference, image_mask=None, reference_mask=None):
+    def execute(cls, image, reference, image_mask=None, reference_mask=None):
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise ValueError("image: expected an IMAGE (batch, height, width, channels)")
         if not isinstance(reference, torch.Tensor) or reference.ndim != 4:
@@ -51,4 +49,4 @@ class CrossImageAdaINImage:
         out = adain(image.movedim(-1, 1), reference.movedim(-1, 1),
                     _mask_for(image_mask, image, "image_mask"), _mask_for(reference_mask, reference, "reference_mask"),
                     mask_names=("image_mask", "reference_mask"))
-        return (out.movedim(1, -1).clamp(0.0, 1.0),)
+        return io.NodeOutput(out.movedim(1, -1).clamp(0.0, 1.0))

@@ -11,6 +11,7 @@ from ..core.cross_attention import cross_image_attention, key_value_sources
 from ..core.inversion import Inversion
 from ..core.schedule import CallStep, in_step_range, injects_structure
 from .keys_values import layer_name
+from .model_info import decoder_attention_levels
 
 SETTINGS_KEY = "cross_image_attention"   # in transformer_options, set by the attention node
 LAYOUT_KEY = "cross_image_layout"        # in transformer_options, set by the sampler node
@@ -51,6 +52,24 @@ class BatchLayout:
     n_plain: int = 0
 
 
+def attn1_replacements(model) -> dict:
+    """{("output", block id, transformer index): replacement} of a MODEL's attn1 replace patches."""
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+
+
+def require_own_layers(model, settings) -> None:
+    """Raise a ValueError if a node after Cross-Image Attention replaced the self-attention of
+    a layer it patched (that layer would silently stop swapping)."""
+    layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
+    replaced = attn1_replacements(model)
+    lost = [layer_name(block_id, index) for level in settings.levels for block_id, index in layers[level]
+            if not isinstance(replaced.get(("output", block_id, index)), CrossImageSelfAttention)]
+    if lost:
+        raise ValueError(f"model: a node after Cross-Image Attention replaced the self-attention of decoder layers "
+                         f"{', '.join(lost)}, so they would no longer look at the appearance. Remove that node, or "
+                         "put it before Cross-Image Attention on levels it does not patch")
+
+
 class CrossImageSelfAttention:
     """attn1 replacement: plain self-attention, except inside the step range of a
     Cross-Image Sampler run, where the output rows use the appearance rows' keys and values."""
@@ -69,8 +88,11 @@ class CrossImageSelfAttention:
         return self.call_step(schedule, options["sigmas"]), schedule.shape[0] - 1
 
     def __call__(self, q, k, v, extra_options):
+        # ComfyUI's attention, or the one another node chose for this model (an
+        # optimized_attention_override in transformer_options), for every row that is not
+        # given contrast; the contrast needs the probabilities, so it is computed here.
         attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
-                            attn_precision=extra_options.get("attn_precision"))
+                            attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         step, s = self.step(extra_options), self.settings
         if step is None or not in_step_range(*step, s.start, s.end):
             return attention(q, k, v)

@@ -1,48 +1,64 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
-from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings
-from .inversion_type import CATEGORY, CONTRAST, INVERSION
-from .keys_values import level_layers, require_keys_values
+from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings, attn1_replacements
+from .keys_values import layer_name, level_layers, require_keys_values
 from .model_info import decoder_attention_levels, parse_levels, require_inversion
+from .sockets import ADVANCED, CATEGORY, Contrast, Inversion, io
 
 
-class CrossImageAttention:
-    DESCRIPTION = ("Cross-image attention (Alaluf et al. 2024): in the chosen decoder levels and "
-                   "steps, the output's self-attention uses its own queries with the appearance "
-                   "image's keys and values, so the structure is painted with the appearance. "
-                   "Returns a patched copy; the input MODEL is not changed. Sample it with "
-                   "Cross-Image Sampler.")
-    CATEGORY = CATEGORY
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("A patched clone of the model; use it in Cross-Image Sampler.",)
+def require_unpatched(model, layers) -> None:
+    """Raise a ValueError naming the conflict if `model` was patched by a Cross-Image Attention
+    node already, or has another node's attn1 replacement in one of `layers` ((output block id,
+    transformer index) keys), which this patch would silently overwrite."""
+    if SETTINGS_KEY in model.model_options.get("transformer_options", {}):
+        raise ValueError("model: this MODEL is already patched by a Cross-Image Attention node; chaining two "
+                         "would mix their settings. Connect the MODEL from before the first one and set all "
+                         "settings on a single Cross-Image Attention node")
+    replaced = attn1_replacements(model)
+    taken = [("output",) + layer for layer in layers if ("output",) + layer in replaced]
+    if taken:
+        owner = replaced[taken[0]]
+        raise ValueError(f"model: another node already replaced the self-attention of decoder layers "
+                         f"{', '.join(layer_name(block_id, index) for _, block_id, index in taken)} "
+                         f"({getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', type(owner).__qualname__)}); "
+                         "Cross-Image Attention would overwrite it. Remove that node, or choose levels it does not patch")
+
+
+class CrossImageAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageAttention",
+            display_name="Cross-Image Attention",
+            category=CATEGORY,
+            description=("Cross-image attention (Alaluf et al. 2024): in the chosen decoder levels and steps, the "
+                         "output's self-attention uses its own queries with the appearance image's keys and values, "
+                         "so the structure is painted with the appearance. Returns a patched copy; the input MODEL "
+                         "is not changed. Sample it with Cross-Image Sampler."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the inversions were made with."),
+                Inversion.Input("appearance", tooltip="Inversion of the appearance image (colours, textures, materials to transfer)."),
+                io.String.Input("levels", default="0,1",
+                                tooltip="Decoder resolution levels to swap, 0 = finest. The paper swaps the two finest ('0,1'); adding coarser levels transfers more appearance but loses more structure."),
+                io.Float.Input("start", default=0.15, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Fraction of the denoising steps after which the swap starts (paper: step 10 of 68, 0.15). Earlier starts take more appearance, risking the structure."),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."),
+                Contrast.Input("contrast", optional=True,
+                               tooltip="Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."),
+                io.Int.Input("structure_every", default=5, min=0, max=1000, optional=True, **ADVANCED,
+                             tooltip="Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."),
+                io.Float.Input("structure_until", default=0.59, min=0.0, max=1.0, step=0.01, optional=True, **ADVANCED,
+                               tooltip="Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."),
+                io.Combo.Input("mode", options=["exact", "fast"], default="exact", optional=True, **ADVANCED,
+                               tooltip="exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about a fifth fewer batch rows and a little less memory, and a different image. Not faster than exact in the benchmarks so far (README, Speed)."),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched clone of the model; use it in Cross-Image Sampler.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model the inversions were made with."}),
-                "appearance": (INVERSION, {"tooltip": "Inversion of the appearance image (colours, textures, materials to transfer)."}),
-                "levels": ("STRING", {"default": "0,1",
-                                      "tooltip": "Decoder resolution levels to swap, 0 = finest. The paper swaps the two finest ('0,1'); adding coarser levels transfers more appearance but loses more structure."}),
-                "start": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Fraction of the denoising steps after which the swap starts (paper: step 10 of 68, 0.15). Earlier starts take more appearance, risking the structure."}),
-                "end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                  "tooltip": "Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."}),
-            },
-            "optional": {
-                "contrast": (CONTRAST, {"tooltip": "Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."}),
-                "structure_every": ("INT", {"default": 5, "min": 0, "max": 1000,
-                                            "tooltip": "Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."}),
-                "structure_until": ("FLOAT", {"default": 0.59, "min": 0.0, "max": 1.0, "step": 0.01,
-                                              "tooltip": "Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."}),
-                "mode": (["exact", "fast"], {"default": "exact",
-                                             "tooltip": "exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about a fifth fewer batch rows and a little less memory, and a different image. Not faster than exact in the benchmarks so far (README, Speed)."}),
-            },
-        }
-
-    def patch(self, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
-              mode="exact"):
+    def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
+                mode="exact"):
         require_inversion(appearance, "appearance", model)
         if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
             raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
@@ -56,6 +72,7 @@ class CrossImageAttention:
         strength = contrast.strength if contrast is not None else 1.0
         layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
         chosen = parse_levels(levels, len(layers))
+        require_unpatched(model, [key for level in chosen for key in layers[level]])
         if mode == "fast":
             require_keys_values(appearance, level_layers(model, chosen), "appearance", chosen)
         patched = model.clone()
@@ -67,28 +84,27 @@ class CrossImageAttention:
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)
         patched.model_options["transformer_options"][SETTINGS_KEY] = settings
-        return (patched,)
+        return io.NodeOutput(patched)
 
 
-class CrossImageAttentionContrast:
-    DESCRIPTION = ("Attention-map contrast for Cross-Image Attention (paper, sec. 4.2): after the "
-                   "softmax, the output's attention to the appearance is pushed away from its mean "
-                   "and clipped to [0, 1], so each output pixel follows fewer, better-matching "
-                   "appearance pixels. Computed in query chunks; strength 1 is off.")
-    CATEGORY = CATEGORY
-    FUNCTION = "settings"
-    RETURN_TYPES = (CONTRAST,)
-    RETURN_NAMES = ("contrast",)
-    OUTPUT_TOOLTIPS = ("Contrast settings; connect to Cross-Image Attention.",)
+class CrossImageAttentionContrast(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageAttentionContrast",
+            display_name="Attention Contrast",
+            category=CATEGORY,
+            description=("Attention-map contrast for Cross-Image Attention (paper, sec. 4.2): after the softmax, the "
+                         "output's attention to the appearance is pushed away from its mean and clipped to [0, 1], so "
+                         "each output pixel follows fewer, better-matching appearance pixels. Computed in query "
+                         "chunks; strength 1 is off."),
+            inputs=[io.Float.Input("strength", default=1.67, min=0.0, max=10.0, step=0.01,
+                                   tooltip="beta in clip((A - mean) * beta + mean, 0, 1). Paper: 1.67. Higher gives crisper, more literal appearance matches; 1 turns it off; below 1 blends more appearance pixels.")],
+            outputs=[Contrast.Output(display_name="contrast", tooltip="Contrast settings; connect to Cross-Image Attention.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "strength": ("FLOAT", {"default": 1.67, "min": 0.0, "max": 10.0, "step": 0.01,
-                                   "tooltip": "beta in clip((A - mean) * beta + mean, 0, 1). Paper: 1.67. Higher gives crisper, more literal appearance matches; 1 turns it off; below 1 blends more appearance pixels."}),
-        }}
-
-    def settings(self, strength):
+    def execute(cls, strength):
         if not 0.0 <= strength <= 10.0:
             raise ValueError(f"strength: must lie in [0, 10], got {strength}")
-        return (ContrastSettings(strength=float(strength)),)
+        return io.NodeOutput(ContrastSettings(strength=float(strength)))

@@ -8,8 +8,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..core.inversion import Inversion
-from .inversion_type import CATEGORY, INVERSION
 from .model_info import require_inversion
+from .sockets import CATEGORY, Inversion as InversionSocket, io
 
 EXTENSION = ".safetensors"
 
@@ -39,63 +39,67 @@ def resolve(name: str) -> str:
     return path
 
 
-class CrossImageSaveInversion:
-    DESCRIPTION = ("Saves an inversion to ComfyUI's output folder (safetensors), so later runs, even "
-                   "after a restart, can load it instead of inverting the image again.")
-    CATEGORY = CATEGORY
-    FUNCTION = "save"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
+class CrossImageSaveInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageSaveInversion",
+            display_name="Save Inversion",
+            category=CATEGORY,
+            description=("Saves an inversion to ComfyUI's output folder (safetensors), so later runs, even after a "
+                         "restart, can load it instead of inverting the image again."),
+            inputs=[
+                InversionSocket.Input("inversion", tooltip="The inversion to keep."),
+                io.String.Input("filename_prefix", default="cross_image/inversion",
+                                tooltip="File name prefix inside the output folder; a counter is added. Load it with Load Inversion (listed as '... [output]')."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "inversion": (INVERSION, {"tooltip": "The inversion to keep."}),
-            "filename_prefix": ("STRING", {"default": "cross_image/inversion",
-                                           "tooltip": "File name prefix inside the output folder; a counter is added. Load it with Load Inversion (listed as '... [output]')."}),
-        }}
-
-    def save(self, inversion, filename_prefix):
+    def execute(cls, inversion, filename_prefix):
         require_inversion(inversion, "inversion")
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
         file = f"{filename}_{counter:05}_{EXTENSION}"
         tensors, metadata = inversion.to_tensors()
         save_file({k: v.cpu() for k, v in tensors.items()}, os.path.join(folder, file), metadata=metadata)
-        return {"ui": {"inversions": [{"filename": file, "subfolder": subfolder, "type": "output"}]}}
+        return io.NodeOutput(ui={"inversions": [{"filename": file, "subfolder": subfolder, "type": "output"}]})
 
 
-class CrossImageLoadInversion:
-    DESCRIPTION = ("Loads an inversion saved by Save Inversion (from the input folder, or the output "
-                   "folder for names ending in [output]). Only safetensors files are read.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (INVERSION,)
-    RETURN_NAMES = ("inversion",)
-    OUTPUT_TOOLTIPS = ("The saved inversion; the sampler checks it was made with the same model and size.",)
+class CrossImageLoadInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageLoadInversion",
+            display_name="Load Inversion",
+            category=CATEGORY,
+            description=("Loads an inversion saved by Save Inversion (from the input folder, or the output folder for "
+                         "names ending in [output]). Only safetensors files are read."),
+            inputs=[io.Combo.Input("inversion", options=saved_inversions(),
+                                   tooltip="A saved inversion file (input folder, or '[output]' for the output folder).")],
+            outputs=[InversionSocket.Output(display_name="inversion",
+                                            tooltip="The saved inversion; the sampler checks it was made with the same model and size.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "inversion": (saved_inversions(), {"tooltip": "A saved inversion file (input folder, or '[output]' for the output folder)."}),
-        }}
-
-    @classmethod
-    def IS_CHANGED(cls, inversion):
+    def fingerprint_inputs(cls, inversion):
         with open(resolve(inversion), "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
 
     @classmethod
-    def VALIDATE_INPUTS(cls, inversion):
+    def validate_inputs(cls, inversion):
         try:
             resolve(inversion)
         except ValueError as error:
             return str(error)
         return True
 
-    def load(self, inversion):
+    @classmethod
+    def execute(cls, inversion):
         path = resolve(inversion)
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata()
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-        return (Inversion.from_tensors(tensors, metadata, name=f"inversion {inversion!r}"),)
+        return io.NodeOutput(Inversion.from_tensors(tensors, metadata, name=f"inversion {inversion!r}"))

@@ -4,58 +4,58 @@ import comfy.samplers
 from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
 from .guided_sampling import run_inversion
-from .inversion_type import CATEGORY, INVERSION
 from .keys_values import recording
 from .model_info import model_key
-
-KEEP_KEYS_VALUES = ("STRING", {"default": "", "tooltip": (
-    "For Cross-Image Attention's fast mode: decoder levels (e.g. '0,1', as its levels) whose "
-    "self-attention keys and values are kept at every step, so sampling need not denoise this "
-    "image again. Empty keeps none. Costs memory: at 512 px, levels 0,1 of SD1.5 take about "
-    "24 MB per step in fp16.")})
+from .sockets import ADVANCED, CATEGORY, Inversion as InversionSocket, io
 
 
-def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip):
-    """The inputs both Invert nodes share."""
-    return {
-        "model": ("MODEL", {"tooltip": "The diffusion model; sample later with this same model."}),
-        "latent": ("LATENT", {"tooltip": "The image to invert, from VAE Encode."}),
-        "positive": ("CONDITIONING", {"tooltip": "The prompt describing the image, e.g. 'a photo of an animal'. Use the same prompt when sampling."}),
-        "steps": ("INT", {"default": steps_default, "min": 1, "max": 1000, "tooltip": steps_tooltip}),
-        "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "ddim_uniform",
-                      "tooltip": "Noise schedule. ddim_uniform gives the DDIM timesteps of the paper's code."}),
-        "cfg": ("FLOAT", {"default": cfg_default, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                          "tooltip": cfg_tooltip}),
-    }
+def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip, extra=()):
+    """The inputs of an Invert node: the shared ones, `extra` after them, then the optional ones."""
+    return [
+        io.Model.Input("model", tooltip="The diffusion model; sample later with this same model."),
+        io.Latent.Input("latent", tooltip="The image to invert, from VAE Encode."),
+        io.Conditioning.Input("positive", tooltip="The prompt describing the image, e.g. 'a photo of an animal'. Use the same prompt when sampling."),
+        io.Int.Input("steps", default=steps_default, min=1, max=1000, tooltip=steps_tooltip),
+        io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform", **ADVANCED,
+                       tooltip="Noise schedule. ddim_uniform gives the DDIM timesteps of the paper's code."),
+        io.Float.Input("cfg", default=cfg_default, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=cfg_tooltip),
+        *extra,
+        io.Conditioning.Input("negative", optional=True,
+                              tooltip="Negative prompt (the paper: an empty prompt); only used when cfg is not 1."),
+        io.String.Input("keep_keys_values", default="", optional=True, **ADVANCED, tooltip=(
+            "For Cross-Image Attention's fast mode: decoder levels (e.g. '0,1', as its levels) whose "
+            "self-attention keys and values are kept at every step, so sampling need not denoise this "
+            "image again. Empty keeps none. Costs memory: at 512 px, levels 0,1 of SD1.5 take about "
+            "24 MB per step in fp16.")),
+    ]
 
 
-class CrossImageInvertDDIM:
-    DESCRIPTION = ("DDIM inversion: runs the sampler backwards from an encoded image to noise, "
-                   "recording the latent at every step. Sampling from the result with the same "
-                   "model, prompt and steps gives the image back; the Cross-Image nodes use it "
-                   "for the structure and the appearance image.")
-    CATEGORY = CATEGORY
-    FUNCTION = "invert"
-    RETURN_TYPES = (INVERSION, "LATENT")
-    RETURN_NAMES = ("inversion", "noisy_latent")
-    OUTPUT_TOOLTIPS = ("The whole inversion trajectory (every step's latent, the schedule, "
-                       "which model made it). Feed it to Cross-Image Attention (appearance) or "
-                       "Cross-Image Sampler (structure).",
-                       "The fully noised latent the inversion ends at.")
+def inversion_outputs(noisy_tooltip):
+    return [InversionSocket.Output(display_name="inversion", tooltip=(
+                "The inversion: every sampled step's latent, the schedule, which model made it. Feed it to "
+                "Cross-Image Attention (appearance) or Cross-Image Sampler (structure).")),
+            io.Latent.Output(display_name="noisy_latent", tooltip=noisy_tooltip)]
 
+
+class CrossImageInvertDDIM(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": inversion_inputs(
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageInvertDDIM",
+            display_name="Invert (DDIM)",
+            category=CATEGORY,
+            description=("DDIM inversion: runs the sampler backwards from an encoded image to noise, recording the "
+                         "latent at every step. Sampling from the result with the same model, prompt and steps "
+                         "gives the image back; the Cross-Image nodes use it for the structure and the appearance "
+                         "image."),
+            inputs=inversion_inputs(
                 50, 1.0, "Inversion steps; sampling uses the same schedule. More steps invert more exactly.",
                 "Classifier-free guidance during inversion. 1 inverts most faithfully; higher needs a negative prompt."),
-            "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
-                "keep_keys_values": KEEP_KEYS_VALUES,
-            },
-        }
+            outputs=inversion_outputs("The fully noised latent the inversion ends at."),
+        )
 
-    def invert(self, model, latent, positive, steps, scheduler, cfg, negative=None, keep_keys_values=""):
+    @classmethod
+    def execute(cls, model, latent, positive, steps, scheduler, cfg, negative=None, keep_keys_values=""):
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)
@@ -67,5 +67,5 @@ class CrossImageInvertDDIM:
                 denoise(trajectory[0], float(sigmas[0]))
             return trajectory, None
         trajectory, _, noisy = run_inversion(inverting, latent, positive, negative, cfg, sigmas, invert)
-        return (Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim",
-                          keys_values=recorder and recorder.keys_values()), noisy)
+        return io.NodeOutput(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim",
+                                       keys_values=recorder and recorder.keys_values()), noisy)

@@ -44,7 +44,7 @@ class KeyValueRecorder:
             for kept, t in zip(self.kept[layer], (k, v)):
                 kept[step].copy_(t[first:first + rows], non_blocking=True)
             self.seen[layer].add(step)
-        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], transformer_options=extra_options,
                                                    attn_precision=extra_options.get("attn_precision"))
 
     def keys_values(self) -> dict:

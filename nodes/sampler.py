@@ -4,12 +4,13 @@ import comfy.samplers
 import torch
 
 from ..core.schedule import step_index
-from .attention_patch import LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings
+from .attention_patch import (LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings,
+                              require_own_layers)
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
-from .inversion_type import CATEGORY, GUIDANCE, INVERSION, LATENT_ADAIN
 from .keys_values import level_layers, require_keys_values
 from .model_info import require_inversion
+from .sockets import CATEGORY, Guidance, Inversion, LatentAdaIN, io
 
 
 def noise_replay(rows, schedule):
@@ -22,36 +23,36 @@ def noise_replay(rows, schedule):
     return replay
 
 
-class CrossImageSampler:
-    DESCRIPTION = ("Samples the output from the structure image's inversion. With a model from "
-                   "Cross-Image Attention, the appearance image is denoised in the same batch "
-                   "and lends its keys and values; with a plain model this reconstructs the "
-                   "structure image. Decode the result with VAE Decode.")
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The output latent, one per structure image.",)
+class CrossImageSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageSampler",
+            display_name="Cross-Image Sampler",
+            category=CATEGORY,
+            description=("Samples the output from the structure image's inversion. With a model from Cross-Image "
+                         "Attention, the appearance image is denoised in the same batch and lends its keys and "
+                         "values; with a plain model this reconstructs the structure image. Decode the result with "
+                         "VAE Decode."),
+            inputs=[
+                io.Model.Input("model", tooltip="A model from Cross-Image Attention (or a plain model to reconstruct the structure)."),
+                io.Conditioning.Input("positive", tooltip="The prompt, the same one the images were inverted with."),
+                Inversion.Input("structure", tooltip="Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                               tooltip="ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; an edit-friendly DDPM inversion needs ddpm, which replays its noise maps."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."),
+                io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt; only used when cfg is not 1."),
+                Guidance.Input("guidance", optional=True,
+                               tooltip="Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."),
+                LatentAdaIN.Input("latent_adain", optional=True,
+                                  tooltip="AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The output latent, one per structure image.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "A model from Cross-Image Attention (or a plain model to reconstruct the structure)."}),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt, the same one the images were inverted with."}),
-                "structure": (INVERSION, {"tooltip": "Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."}),
-                "sampler_name": (comfy.samplers.SAMPLER_NAMES, {"default": "euler",
-                                 "tooltip": "ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; an edit-friendly DDPM inversion needs ddpm, which replays its noise maps."}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."}),
-            },
-            "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt; only used when cfg is not 1."}),
-                "guidance": (GUIDANCE, {"tooltip": "Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."}),
-                "latent_adain": (LATENT_ADAIN, {"tooltip": "AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."}),
-            },
-        }
-
-    def sample(self, model, positive, structure, sampler_name, cfg, negative=None, guidance=None, latent_adain=None):
+    def execute(cls, model, positive, structure, sampler_name, cfg, negative=None, guidance=None, latent_adain=None):
         require_inversion(structure, "structure", model)
         if guidance is not None and not isinstance(guidance, GuidanceSettings):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
@@ -67,6 +68,7 @@ class CrossImageSampler:
         rows = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
         guider_class = comfy.samplers.CFGGuider
         if settings is not None:
+            require_own_layers(model, settings)
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
             # The outputs start from the structure's noise; with structure injection the
             # structure is also denoised on its own, to lend its keys and values (exact mode),
@@ -92,4 +94,4 @@ class CrossImageSampler:
         samples = run_sampler(guider, sampler, structure.sigmas, start)
         if isinstance(guider, CrossImageGuider):
             samples = guider.finish(samples, structure.sigmas)
-        return ({"samples": samples[:structure.batch_size]},)
+        return io.NodeOutput({"samples": samples[:structure.batch_size]})

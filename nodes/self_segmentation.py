@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from ..core.segmentation import self_segmentation
 from .guided_sampling import make_guider, run_sampler
-from .inversion_type import CATEGORY, INVERSION
 from .model_info import decoder_attention_levels, require_inversion
+from .sockets import ADVANCED, CATEGORY, Inversion, io
 
 VAE_SCALE = 8  # Stable Diffusion VAEs: one latent pixel per 8x8 image pixels
 
@@ -63,35 +63,37 @@ class AttentionRecorder:
         return self.apply(probs, v, options["n_heads"]).to(q.dtype)
 
 
-class CrossImageSelfSegmentation:
-    DESCRIPTION = ("Self-segmentation (paper, sec. 4.3): runs the model once on the inverted image "
-                   "at a chosen step, clusters its pixels by their self-attention (k-means) in the "
-                   "finest decoder level, and keeps the clusters that attend to the prompt's noun. "
-                   "Gives MASKs for Latent AdaIN (structure_mask, appearance_mask); preview them "
-                   "with a mask preview node.")
-    CATEGORY = CATEGORY
-    FUNCTION = "segment"
-    RETURN_TYPES = ("MASK",)
-    RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("The object mask at image size (1 = object), one per inverted image.",)
+class CrossImageSelfSegmentation(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CrossImageSelfSegmentation",
+            display_name="Self-Segmentation",
+            category=CATEGORY,
+            description=("Self-segmentation (paper, sec. 4.3): runs the model once on the inverted image at a chosen "
+                         "step, clusters its pixels by their self-attention (k-means) in the finest decoder level, and "
+                         "keeps the clusters that attend to the prompt's noun. Gives MASKs for Latent AdaIN "
+                         "(structure_mask, appearance_mask); preview them with a mask preview node."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the image was inverted with."),
+                io.Clip.Input("clip", tooltip="The text encoder of that model, to encode the prompt and find the noun."),
+                Inversion.Input("inversion", tooltip="Inversion of the image to segment (structure or appearance)."),
+                io.String.Input("prompt", default="a photo of an animal", multiline=True,
+                                tooltip="The prompt the image was inverted with."),
+                io.String.Input("word", default="animal",
+                                tooltip="The noun naming the object (the paper: the domain word); its pixels become the mask."),
+                io.Float.Input("step", default=0.29, min=0.0, max=1.0, step=0.01, **ADVANCED,
+                               tooltip="Fraction of the inversion's steps at which the attention is read (paper: step 20 of 68). Later is less noisy."),
+                io.Int.Input("clusters", default=5, min=2, max=32, **ADVANCED,
+                             tooltip="k of the k-means (paper: 5). More clusters cut finer parts."),
+                io.Float.Input("ratio", default=1.4, min=1.0, max=10.0, step=0.05, **ADVANCED,
+                               tooltip="A cluster is the object when its attention to the noun is this many times the mean of the other clusters but the best (paper: 1.4). Higher keeps less."),
+            ],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The object mask at image size (1 = object), one per inverted image.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The model the image was inverted with."}),
-            "clip": ("CLIP", {"tooltip": "The text encoder of that model, to encode the prompt and find the noun."}),
-            "inversion": (INVERSION, {"tooltip": "Inversion of the image to segment (structure or appearance)."}),
-            "prompt": ("STRING", {"default": "a photo of an animal", "multiline": True,
-                                  "tooltip": "The prompt the image was inverted with."}),
-            "word": ("STRING", {"default": "animal", "tooltip": "The noun naming the object (the paper: the domain word); its pixels become the mask."}),
-            "step": ("FLOAT", {"default": 0.29, "min": 0.0, "max": 1.0, "step": 0.01,
-                               "tooltip": "Fraction of the inversion's steps at which the attention is read (paper: step 20 of 68). Later is less noisy."}),
-            "clusters": ("INT", {"default": 5, "min": 2, "max": 32, "tooltip": "k of the k-means (paper: 5). More clusters cut finer parts."}),
-            "ratio": ("FLOAT", {"default": 1.4, "min": 1.0, "max": 10.0, "step": 0.05,
-                                "tooltip": "A cluster is the object when its attention to the noun is this many times the mean of the other clusters but the best (paper: 1.4). Higher keeps less."}),
-        }}
-
-    def segment(self, model, clip, inversion, prompt, word, step, clusters, ratio):
+    def execute(cls, model, clip, inversion, prompt, word, step, clusters, ratio):
         require_inversion(inversion, "inversion", model)
         if not word.strip():
             raise ValueError("word: name the object, e.g. 'animal'")
@@ -115,4 +117,4 @@ class CrossImageSelfSegmentation:
         factor = round((height * width / self_map.shape[-1]) ** 0.5)
         masks = torch.stack([self_segmentation(self_map[b], word_map[b], clusters, ratio)
                              for b in range(self_map.shape[0])]).reshape(-1, 1, height // factor, width // factor)
-        return (F.interpolate(masks, scale_factor=factor * VAE_SCALE, mode="nearest")[:, 0],)
+        return io.NodeOutput(F.interpolate(masks, scale_factor=factor * VAE_SCALE, mode="nearest")[:, 0])

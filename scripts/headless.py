@@ -66,12 +66,20 @@ def _has_control_widget(name, spec) -> bool:
     return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
 
 
+def combo_choices(spec):
+    """The choices of a combo input: a V1 list, or the options of a V3 "COMBO"; else None."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" and len(spec) > 1 else None
+
+
 def _widget_default(spec):
     """The value the editor gives a widget the workflow has no value for (a newer input)."""
     options = spec[1] if len(spec) > 1 else {}
     if "default" in options:
         return options["default"]
-    return spec[0][0] if isinstance(spec[0], list) and spec[0] else None
+    choices = combo_choices(spec)
+    return choices[0] if choices else None
 
 
 def workflow_to_prompt(workflow: dict, definitions: dict) -> dict:
@@ -127,8 +135,9 @@ class Engine:
         import execution
         self._execution = execution
         self.server = _QuietServer()
+        # ComfyUI's classic cache; 0.33.0's executor also reads "ram_inactive" (0.3.75 ignores it)
         self.executor = execution.PromptExecutor(self.server, cache_type=False,
-                                                 cache_args={"lru": 0, "ram": 0})
+                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
 
     def run(self, prompt: dict) -> dict:
         """Validate and execute; returns the UI outputs per node (e.g. saved images)."""
@@ -142,3 +151,11 @@ class Engine:
             errors = [data for event, data in self.executor.status_messages if event == "execution_error"]
             raise RuntimeError(f"ComfyUI failed to run the prompt: {errors}")
         return self.executor.history_result["outputs"]
+
+    def cached_outputs(self, node_id: str):
+        """The outputs the executor's cache holds for a node of the last prompt (the cache's
+        get() is a plain method in 0.3.75 and a coroutine in 0.33.0)."""
+        entry = self.executor.caches.outputs.get(node_id)
+        if asyncio.iscoroutine(entry):
+            entry = asyncio.run(entry)
+        return entry.outputs

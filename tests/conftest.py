@@ -46,8 +46,8 @@ def pack(comfy_nodes):
 
 @pytest.fixture(scope="session")
 def node(comfy_nodes):
-    """node("CrossImageSampler") -> an instance of that registered node class."""
-    return lambda name: comfy_nodes.NODE_CLASS_MAPPINGS[name]()
+    """node("CrossImageSampler") -> that registered node class (V3: node(...).execute(...))."""
+    return lambda name: comfy_nodes.NODE_CLASS_MAPPINGS[name]
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ def invert(node, model, clean, cond, uncond, s: Settings, seed: int, keep_keys_v
     latent = {"samples": clean / model.model.latent_format.scale_factor}
     positive, negative = [[cond, {}]], [[uncond, {}]]
     if s.inversion == "ddpm":
-        return node("CrossImageInvertDDPM").invert(model, latent, positive, s.steps, "ddim_uniform",
+        return node("CrossImageInvertDDPM").execute(model, latent, positive, s.steps, "ddim_uniform",
                                                    s.inversion_cfg, s.skip, seed, negative, keep_keys_values)[0]
     assert s.skip == 0, "the DDIM node samples every step it inverted"
-    return node("CrossImageInvertDDIM").invert(model, latent, positive, s.steps, "ddim_uniform", s.inversion_cfg,
+    return node("CrossImageInvertDDIM").execute(model, latent, positive, s.steps, "ddim_uniform", s.inversion_cfg,
                                                negative, keep_keys_values)[0]
 
 
@@ -30,18 +30,18 @@ def transfer(node, model, cond, s: Settings, appearance, structure, masks=None, 
     as on a UNet with attention at every decoder level. masks: image-size MASKs
     (structure, appearance) for latent AdaIN."""
     n = s.steps - s.skip
-    contrast = node("CrossImageAttentionContrast").settings(s.contrast)[0]
-    (patched,) = node("CrossImageAttention").patch(model, appearance, levels(s), s.swap_from / n, 1.0, contrast,
+    contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
+    (patched,) = node("CrossImageAttention").execute(model, appearance, levels(s), s.swap_from / n, 1.0, contrast,
                                                    s.structure_every, min(s.structure_until / n, 1.0), mode)
     guidance = None
     if s.guidance is not None:
-        guidance = node("CrossImageAppearanceGuidance").settings(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
+        guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
     adain = None
     if s.adain_from is not None:
-        adain = node("CrossImageLatentAdaIN").settings(s.adain_from / n, min(s.adain_until / n, 1.0),
+        adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, min(s.adain_until / n, 1.0),
                                                        *(masks or (None, None)))[0]
     sampler = "ddpm" if s.inversion == "ddpm" else "euler"
-    (out,) = node("CrossImageSampler").sample(patched, [[cond, {}]], structure, sampler, 1.0, None, guidance, adain)
+    (out,) = node("CrossImageSampler").execute(patched, [[cond, {}]], structure, sampler, 1.0, None, guidance, adain)
     return out["samples"].to(structure.trajectory) * model.model.latent_format.scale_factor
 
 

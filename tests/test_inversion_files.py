@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import headless
 import tiny_models
 
 
@@ -14,33 +15,34 @@ def cond(comfy_nodes):
 @pytest.fixture(scope="module")
 def structure(node, tiny_model, cond):
     lat = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))}
-    return node("CrossImageInvertDDIM").invert(tiny_model, lat, cond, 4, "normal", 1.0)[0]
+    return node("CrossImageInvertDDIM").execute(tiny_model, lat, cond, 4, "normal", 1.0)[0]
 
 
 def saved_name(node, inversion, prefix):
-    result = node("CrossImageSaveInversion").save(inversion, prefix)
-    entry = result["ui"]["inversions"][0]
+    result = node("CrossImageSaveInversion").execute(inversion, prefix)
+    entry = result.ui["inversions"][0]
     return f"{entry['subfolder']}/{entry['filename']} [output]"
 
 
 def test_round_trip_gives_the_same_inversion_and_output(node, tiny_model, cond, structure, comfy_dirs):
     name = saved_name(node, structure, "tests/structure")
-    assert name.startswith("tests/structure_00001_") and name in node("CrossImageLoadInversion").INPUT_TYPES()["required"]["inversion"][0]
-    assert node("CrossImageLoadInversion").VALIDATE_INPUTS(name) is True
-    (loaded,) = node("CrossImageLoadInversion").load(name)
+    assert name.startswith("tests/structure_00001_") and name in headless.combo_choices(
+        headless.node_definition(node("CrossImageLoadInversion"))["input"]["required"]["inversion"])
+    assert node("CrossImageLoadInversion").validate_inputs(name) is True
+    (loaded,) = node("CrossImageLoadInversion").execute(name)
     assert torch.equal(loaded.trajectory, structure.trajectory) and torch.equal(loaded.sigmas, structure.sigmas)
     assert loaded.model_key == structure.model_key and loaded.method == structure.method
-    (a,) = node("CrossImageSampler").sample(tiny_model, cond, structure, "euler", 1.0)
-    (b,) = node("CrossImageSampler").sample(tiny_model, cond, loaded, "euler", 1.0)
+    (a,) = node("CrossImageSampler").execute(tiny_model, cond, structure, "euler", 1.0)
+    (b,) = node("CrossImageSampler").execute(tiny_model, cond, loaded, "euler", 1.0)
     assert torch.equal(a["samples"], b["samples"])
     assert saved_name(node, structure, "tests/structure").startswith("tests/structure_00002_")
 
 
 def test_loaded_inversion_from_another_model_is_refused(node, cond, structure):
-    (loaded,) = node("CrossImageLoadInversion").load(saved_name(node, structure, "tests/other"))
+    (loaded,) = node("CrossImageLoadInversion").execute(saved_name(node, structure, "tests/other"))
     other_model = tiny_models.tiny_model(seed=0, channel_mult=(1, 2))
     with pytest.raises(ValueError, match="structure: this inversion was made with a different model"):
-        node("CrossImageSampler").sample(other_model, cond, loaded, "euler", 1.0)
+        node("CrossImageSampler").execute(other_model, cond, loaded, "euler", 1.0)
 
 
 def test_names_outside_the_folders_and_foreign_files_are_refused(node, comfy_dirs):
@@ -53,17 +55,17 @@ def test_names_outside_the_folders_and_foreign_files_are_refused(node, comfy_dir
                           ("absent.safetensors", "no file"),
                           ("plain.safetensors", "not a saved inversion")]:
         with pytest.raises(ValueError, match=message):
-            loader.load(name)
-    assert "outside" in loader.VALIDATE_INPUTS("../../etc/passwd.safetensors")
+            loader.execute(name)
+    assert "outside" in loader.validate_inputs("../../etc/passwd.safetensors")
 
 
 def test_save_rejects_non_inversions(node):
     with pytest.raises(ValueError, match="inversion: expected an inversion"):
-        node("CrossImageSaveInversion").save({"samples": torch.zeros(1)}, "x")
+        node("CrossImageSaveInversion").execute({"samples": torch.zeros(1)}, "x")
 
 
 def test_ddpm_noise_maps_survive_the_round_trip(node, tiny_model, cond):
     lat = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(4))}
-    inversion, _ = node("CrossImageInvertDDPM").invert(tiny_model, lat, cond, 6, "normal", 1.0, 2, 0)
-    (loaded,) = node("CrossImageLoadInversion").load(saved_name(node, inversion, "tests/ddpm"))
+    inversion, _ = node("CrossImageInvertDDPM").execute(tiny_model, lat, cond, 6, "normal", 1.0, 2, 0)
+    (loaded,) = node("CrossImageLoadInversion").execute(saved_name(node, inversion, "tests/ddpm"))
     assert loaded.method == "ddpm" and torch.equal(loaded.noise, inversion.noise)

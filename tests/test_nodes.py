@@ -25,13 +25,13 @@ def latent(seed, batch=1, height=16, width=24):
 
 
 def invert(node, model, lat, cond, steps=10, scheduler="ddim_uniform"):
-    return node("CrossImageInvertDDIM").invert(model, lat, cond, steps, scheduler, 1.0)
+    return node("CrossImageInvertDDIM").execute(model, lat, cond, steps, scheduler, 1.0)
 
 
 def reconstruction_error(node, model, cond, steps):
     lat = latent(1, batch=2)
     inversion, _ = invert(node, model, lat, cond, steps)
-    (out,) = node("CrossImageSampler").sample(model, cond, inversion, "euler", 1.0)
+    (out,) = node("CrossImageSampler").execute(model, cond, inversion, "euler", 1.0)
     return (out["samples"] - lat["samples"]).abs().max().item() / lat["samples"].std().item()
 
 
@@ -73,9 +73,9 @@ FINEST_TWO = {("output", 2, 0), ("output", 3, 0), ("output", 4, 0), ("output", 4
 def test_patch_selects_decoder_levels_and_leaves_input_model(node, tiny_model, cond):
     before = copy.deepcopy(tiny_model.model_options)
     appearance, _ = invert(node, tiny_model, latent(3), cond, steps=4)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.15, 1.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.15, 1.0)
     assert attn1_keys(patched) == FINEST_TWO
-    (coarse,) = node("CrossImageAttention").patch(tiny_model, appearance, "2", 0.15, 1.0)
+    (coarse,) = node("CrossImageAttention").execute(tiny_model, appearance, "2", 0.15, 1.0)
     assert attn1_keys(coarse) == {("output", 0, 0), ("output", 1, 0)}
     assert tiny_model.model_options == before and attn1_keys(tiny_model) == set()
 
@@ -113,9 +113,9 @@ def record_attention(model, pack):
 def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny_model, cond):
     structure, _ = invert(node, tiny_model, latent(4), cond, steps=10)
     appearance, _ = invert(node, tiny_model, latent(5), cond, steps=10)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.3, 0.8)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.3, 0.8)
     instrumented, calls = record_attention(patched, pack)
-    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0)
+    node("CrossImageSampler").execute(instrumented, cond, structure, "euler", 1.0)
 
     all_layers = {key for kind, key, _, _ in calls if kind == "any"}
     assert len(all_layers) == 4 + 1 + 8  # encoder, middle, decoder attn1 layers (transformer indices counted)
@@ -162,12 +162,12 @@ def test_appearance_equal_to_structure_gives_the_unpatched_output(node, tiny_mod
             return invert(node, tiny_model, latent(seed), cond, steps=6)[0]
         return invert_ddpm(node, tiny_model, latent(seed), cond, seed=seed)[0]
     structure = inverted(6)
-    (plain,) = node("CrossImageSampler").sample(tiny_model, cond, structure, sampler_name, 1.0)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0,1,2", 0.0, 1.0)
-    (same,) = node("CrossImageSampler").sample(patched, cond, structure, sampler_name, 1.0)
+    (plain,) = node("CrossImageSampler").execute(tiny_model, cond, structure, sampler_name, 1.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, structure, "0,1,2", 0.0, 1.0)
+    (same,) = node("CrossImageSampler").execute(patched, cond, structure, sampler_name, 1.0)
     assert_same_up_to_batching(same["samples"], plain["samples"])
-    (patched_other,) = node("CrossImageAttention").patch(tiny_model, inverted(7), "0,1,2", 0.0, 1.0)
-    (changed,) = node("CrossImageSampler").sample(patched_other, cond, structure, sampler_name, 1.0)
+    (patched_other,) = node("CrossImageAttention").execute(tiny_model, inverted(7), "0,1,2", 0.0, 1.0)
+    (changed,) = node("CrossImageSampler").execute(patched_other, cond, structure, sampler_name, 1.0)
     assert (changed["samples"] - plain["samples"]).abs().max() > change
 
 
@@ -175,14 +175,14 @@ def test_batches_of_structures_share_or_pair_appearances(node, tiny_model, cond)
     structures, _ = invert(node, tiny_model, latent(8, batch=2), cond, steps=4)
     for n_appearance in (1, 2):
         appearance, _ = invert(node, tiny_model, latent(9, batch=n_appearance), cond, steps=4)
-        (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0)
-        (out,) = node("CrossImageSampler").sample(patched, cond, structures, "euler", 1.0)
+        (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0)
+        (out,) = node("CrossImageSampler").execute(patched, cond, structures, "euler", 1.0)
         assert out["samples"].shape == (2, 4, 16, 24)
     # output i with appearance batch 2 uses appearance i: equals a single pair run
     single, _ = invert(node, tiny_model, {"samples": latent(8, batch=2)["samples"][1:]}, cond, steps=4)
     app_one, _ = invert(node, tiny_model, {"samples": latent(9, batch=2)["samples"][1:]}, cond, steps=4)
-    (patched_one,) = node("CrossImageAttention").patch(tiny_model, app_one, "0,1", 0.0, 1.0)
-    (pair,) = node("CrossImageSampler").sample(patched_one, cond, single, "euler", 1.0)
+    (patched_one,) = node("CrossImageAttention").execute(tiny_model, app_one, "0,1", 0.0, 1.0)
+    (pair,) = node("CrossImageSampler").execute(patched_one, cond, single, "euler", 1.0)
     assert_same_up_to_batching(out["samples"][1:], pair["samples"])
 
 
@@ -190,8 +190,8 @@ def test_input_model_weights_and_options_unchanged(node, tiny_model, cond):
     options = copy.deepcopy(tiny_model.model_options)
     weights = {k: v.clone() for k, v in tiny_model.model.state_dict().items()}
     structure, _ = invert(node, tiny_model, latent(10), cond, steps=4)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0,1", 0.0, 1.0)
-    node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, structure, "0,1", 0.0, 1.0)
+    node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0)
     assert tiny_model.model_options == options
     assert all(torch.equal(v, weights[k]) for k, v in tiny_model.model.state_dict().items())
 
@@ -200,36 +200,36 @@ def test_bad_inputs_are_named(node, tiny_model, cond):
     inversion, _ = invert(node, tiny_model, latent(11), cond, steps=4)
     attention = node("CrossImageAttention")
     with pytest.raises(ValueError, match="levels: this model's decoder has attention at 3"):
-        attention.patch(tiny_model, inversion, "0,3", 0.1, 1.0)
+        attention.execute(tiny_model, inversion, "0,3", 0.1, 1.0)
     with pytest.raises(ValueError, match="levels: expected comma-separated"):
-        attention.patch(tiny_model, inversion, "fine", 0.1, 1.0)
+        attention.execute(tiny_model, inversion, "fine", 0.1, 1.0)
     with pytest.raises(ValueError, match="start/end"):
-        attention.patch(tiny_model, inversion, "0", 0.9, 0.5)
+        attention.execute(tiny_model, inversion, "0", 0.9, 0.5)
     with pytest.raises(ValueError, match="appearance: expected an inversion"):
-        attention.patch(tiny_model, {"samples": torch.zeros(1)}, "0", 0.1, 1.0)
+        attention.execute(tiny_model, {"samples": torch.zeros(1)}, "0", 0.1, 1.0)
     other_model = tiny_models.tiny_model(seed=1, channel_mult=(1, 2))
     with pytest.raises(ValueError, match="appearance: this inversion was made with a different model"):
-        attention.patch(other_model, inversion, "0", 0.1, 1.0)
+        attention.execute(other_model, inversion, "0", 0.1, 1.0)
     with pytest.raises(ValueError, match="structure: this inversion was made with a different model"):
-        node("CrossImageSampler").sample(other_model, cond, inversion, "euler", 1.0)
+        node("CrossImageSampler").execute(other_model, cond, inversion, "euler", 1.0)
     wide, _ = invert(node, tiny_model, latent(12, width=32), cond, steps=4)
-    (patched,) = attention.patch(tiny_model, wide, "0", 0.1, 1.0)
+    (patched,) = attention.execute(tiny_model, wide, "0", 0.1, 1.0)
     with pytest.raises(ValueError, match="encode both images at the same size"):
-        node("CrossImageSampler").sample(patched, cond, inversion, "euler", 1.0)
+        node("CrossImageSampler").execute(patched, cond, inversion, "euler", 1.0)
     longer, _ = invert(node, tiny_model, latent(12), cond, steps=6)
-    (patched,) = attention.patch(tiny_model, longer, "0", 0.1, 1.0)
+    (patched,) = attention.execute(tiny_model, longer, "0", 0.1, 1.0)
     with pytest.raises(ValueError, match="different schedules"):
-        node("CrossImageSampler").sample(patched, cond, inversion, "euler", 1.0)
+        node("CrossImageSampler").execute(patched, cond, inversion, "euler", 1.0)
     with pytest.raises(ValueError, match="negative: a negative conditioning is required"):
-        node("CrossImageSampler").sample(tiny_model, cond, inversion, "euler", 3.0)
+        node("CrossImageSampler").execute(tiny_model, cond, inversion, "euler", 3.0)
     with pytest.raises(ValueError, match="negative"):
-        node("CrossImageInvertDDIM").invert(tiny_model, latent(1), cond, 4, "normal", 2.0)
+        node("CrossImageInvertDDIM").execute(tiny_model, latent(1), cond, 4, "normal", 2.0)
 
 
 def test_cfg_with_negative_runs(node, tiny_model, cond):
     negative = tiny_models.conditioning(5)
-    inversion, _ = node("CrossImageInvertDDIM").invert(tiny_model, latent(13), cond, 3, "normal", 2.0, negative)
-    (out,) = node("CrossImageSampler").sample(tiny_model, cond, inversion, "euler", 2.0, negative)
+    inversion, _ = node("CrossImageInvertDDIM").execute(tiny_model, latent(13), cond, 3, "normal", 2.0, negative)
+    (out,) = node("CrossImageSampler").execute(tiny_model, cond, inversion, "euler", 2.0, negative)
     assert torch.isfinite(out["samples"]).all()
 
 
@@ -237,21 +237,21 @@ def test_adain_image_node(node):
     g = torch.Generator().manual_seed(0)
     image = 0.5 + 0.05 * torch.randn(2, 16, 12, 3, generator=g)
     reference = 0.4 + 0.1 * torch.randn(1, 20, 10, 3, generator=g)
-    (out,) = node("CrossImageAdaINImage").apply(image, reference)
+    (out,) = node("CrossImageAdaINImage").execute(image, reference)
     assert out.shape == image.shape
     assert torch.allclose(out.mean(dim=(1, 2)), reference.mean(dim=(1, 2)).expand(2, 3), atol=1e-4)
     assert torch.allclose(out.std(dim=(1, 2)), reference.std(dim=(1, 2)).expand(2, 3), atol=1e-3)
     mask = torch.zeros(2, 16, 12)
     mask[:, :8] = 1
-    (masked,) = node("CrossImageAdaINImage").apply(image, reference, image_mask=mask)
+    (masked,) = node("CrossImageAdaINImage").execute(image, reference, image_mask=mask)
     assert torch.equal(masked[:, 8:], image[:, 8:])
     assert torch.allclose(masked[:, :8].mean(dim=(1, 2)), reference.mean(dim=(1, 2)).expand(2, 3), atol=1e-4)
     with pytest.raises(ValueError, match="image_mask"):
-        node("CrossImageAdaINImage").apply(image, reference, image_mask=torch.zeros(2, 16, 12))
+        node("CrossImageAdaINImage").execute(image, reference, image_mask=torch.zeros(2, 16, 12))
     with pytest.raises(ValueError, match="reference_mask: mask of shape"):
-        node("CrossImageAdaINImage").apply(image, reference, reference_mask=torch.ones(16, 12))
+        node("CrossImageAdaINImage").execute(image, reference, reference_mask=torch.ones(16, 12))
     with pytest.raises(ValueError, match="reference: batch of 3"):
-        node("CrossImageAdaINImage").apply(image, reference.expand(3, -1, -1, -1))
+        node("CrossImageAdaINImage").execute(image, reference.expand(3, -1, -1, -1))
 
 
 def test_inversion_reports_progress_and_stops_on_interrupt(node, tiny_model, cond):
@@ -287,8 +287,8 @@ def test_patched_layer_applies_contrast_to_output_rows_only(node, pack, tiny_mod
     definition: outputs attend to their chunk's appearance with contrast, appearances to
     themselves without."""
     inversion, _ = invert(node, tiny_model, latent(15), tiny_models.conditioning(0), steps=4)
-    (settings,) = node("CrossImageAttentionContrast").settings(strength)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, inversion, "0", 0.0, 1.0, settings)
+    (settings,) = node("CrossImageAttentionContrast").execute(strength)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, inversion, "0", 0.0, 1.0, settings)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 4, 0)]
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 20, 16, generator=g) for _ in range(3))
@@ -309,15 +309,15 @@ def test_contrast_strength_one_equals_no_contrast_and_1_67_changes_the_output(no
     appearance, _ = invert(node, tiny_model, latent(17), cond, steps=5)
     results = []
     for contrast in (None, 1.0, 1.67):
-        settings = None if contrast is None else node("CrossImageAttentionContrast").settings(contrast)[0]
-        (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, settings)
-        results.append(node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0)[0]["samples"])
+        settings = None if contrast is None else node("CrossImageAttentionContrast").execute(contrast)[0]
+        (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, settings)
+        results.append(node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0)[0]["samples"])
     assert torch.equal(results[0], results[1])
     assert (results[2] - results[0]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="strength"):
-        node("CrossImageAttentionContrast").settings(-1.0)
+        node("CrossImageAttentionContrast").execute(-1.0)
     with pytest.raises(ValueError, match="contrast: expected settings"):
-        node("CrossImageAttention").patch(tiny_model, appearance, "0", 0.0, 1.0, 1.67)
+        node("CrossImageAttention").execute(tiny_model, appearance, "0", 0.0, 1.0, 1.67)
 
 
 @pytest.mark.parametrize("step, from_structure", [(5, True), (6, False), (10, False)])
@@ -325,7 +325,7 @@ def test_structure_injection_steps_take_the_structure_keys(node, pack, tiny_mode
     """Batch [out0, app, str0] x 2 at 12 steps, injection every 5 steps until 0.75 (step 9):
     step 5 takes the structure row's keys and values, steps 6 and 10 the appearance's."""
     inversion, _ = invert(node, tiny_model, latent(18), tiny_models.conditioning(0), steps=4)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, inversion, "0", 0.0, 1.0, None, 5, 0.75)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, inversion, "0", 0.0, 1.0, None, 5, 0.75)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 5, 1)]
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(6, 12, 16, generator=g) for _ in range(3))
@@ -343,24 +343,24 @@ def test_structure_injection_steps_take_the_structure_keys(node, pack, tiny_mode
 
 def test_structure_injection_off_keeps_a_batch_of_two(node, pack, tiny_model, cond):
     structure, _ = invert(node, tiny_model, latent(19), cond, steps=3)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, structure, "0", 0.0, 1.0, None, 0, 0.59)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, structure, "0", 0.0, 1.0, None, 0, 0.59)
     instrumented, calls = record_attention(patched, pack)
-    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0)
+    node("CrossImageSampler").execute(instrumented, cond, structure, "euler", 1.0)
     assert {rows for kind, _, _, rows in calls if kind == "any"} == {2}
     with pytest.raises(ValueError, match="structure_every/structure_until"):
-        node("CrossImageAttention").patch(tiny_model, structure, "0", 0.0, 1.0, None, -1, 0.59)
+        node("CrossImageAttention").execute(tiny_model, structure, "0", 0.0, 1.0, None, -1, 0.59)
 
 
 def guidance(node, scale, end_scale, start):
-    return node("CrossImageAppearanceGuidance").settings(scale, end_scale, start)[0]
+    return node("CrossImageAppearanceGuidance").execute(scale, end_scale, start)[0]
 
 
 def test_appearance_guidance_runs_the_plain_pass_on_output_rows_on_guided_steps(node, pack, tiny_model, cond):
     structure, _ = invert(node, tiny_model, latent(20, batch=2), cond, steps=10)
     appearance, _ = invert(node, tiny_model, latent(21), cond, steps=10)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
     instrumented, calls = record_attention(patched, pack)
-    node("CrossImageSampler").sample(instrumented, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.3))
+    node("CrossImageSampler").execute(instrumented, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.3))
     middle = [(step, rows) for kind, key, step, rows in calls if kind == "any" and key[0] == "middle"]
     # one call per step: 2 outputs + 1 appearance, and on guided steps 2 plain copies of the outputs
     assert middle == [(i, 3) for i in range(3)] + [(i, 5) for i in range(3, 10)]
@@ -370,8 +370,8 @@ def test_appearance_guidance_limits(node, tiny_model, cond):
     """Scale 1 is the cross-image prediction itself; scale 0 from step 0 is the plain model."""
     structure, _ = invert(node, tiny_model, latent(22), cond, steps=5)
     appearance, _ = invert(node, tiny_model, latent(23), cond, steps=5)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
-    sample = node("CrossImageSampler").sample
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    sample = node("CrossImageSampler").execute
     (unguided,) = sample(patched, cond, structure, "euler", 1.0)
     (one,) = sample(patched, cond, structure, "euler", 1.0, None, guidance(node, 1.0, 1.0, 0.0))
     assert_same_up_to_batching(one["samples"], unguided["samples"])
@@ -383,7 +383,7 @@ def test_appearance_guidance_limits(node, tiny_model, cond):
     with pytest.raises(ValueError, match="guidance: needs a model from Cross-Image Attention"):
         sample(tiny_model, cond, structure, "euler", 1.0, None, guidance(node, 3.5, 1.75, 0.0))
     with pytest.raises(ValueError, match="end_scale"):
-        node("CrossImageAppearanceGuidance").settings(3.5, -1.0, 0.1)
+        node("CrossImageAppearanceGuidance").execute(3.5, -1.0, 0.1)
 
 
 def test_latent_adain_after_the_last_step_only(node, pack, tiny_model, cond):
@@ -391,15 +391,15 @@ def test_latent_adain_after_the_last_step_only(node, pack, tiny_model, cond):
     AdaIN(output, appearance) of the final latents; one step earlier changes the trajectory."""
     structure, _ = invert(node, tiny_model, latent(24), cond, steps=10)
     appearance, _ = invert(node, tiny_model, latent(25), cond, steps=10)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
-    sample = node("CrossImageSampler").sample
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    sample = node("CrossImageSampler").execute
     (output,) = sample(patched, cond, structure, "euler", 1.0)
     (appearance_final,) = sample(tiny_model, cond, appearance, "euler", 1.0)
-    last = node("CrossImageLatentAdaIN").settings(0.9, 1.0)[0]
+    last = node("CrossImageLatentAdaIN").execute(0.9, 1.0)[0]
     (matched,) = sample(patched, cond, structure, "euler", 1.0, None, None, last)
     expected = pack.core.adain.adain(output["samples"], appearance_final["samples"])
     assert_same_up_to_batching(matched["samples"], expected)
-    two_last = node("CrossImageLatentAdaIN").settings(0.8, 1.0)[0]
+    two_last = node("CrossImageLatentAdaIN").execute(0.8, 1.0)[0]
     (earlier,) = sample(patched, cond, structure, "euler", 1.0, None, None, two_last)
     assert (earlier["samples"] - matched["samples"]).abs().max() > 1e-2
 
@@ -407,26 +407,26 @@ def test_latent_adain_after_the_last_step_only(node, pack, tiny_model, cond):
 def test_masked_latent_adain_statistics(node, pack, tiny_model, cond):
     structure, _ = invert(node, tiny_model, latent(26), cond, steps=6)
     appearance, _ = invert(node, tiny_model, latent(27), cond, steps=6)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 0, 0.0)
     structure_mask = torch.zeros(1, 128, 192)
     structure_mask[:, :64] = 1  # top half of the image = top 8 of 16 latent rows
     appearance_mask = torch.zeros(1, 128, 192)
     appearance_mask[:, :, 96:] = 1  # right half
-    settings = node("CrossImageLatentAdaIN").settings(0.0, 1.0, structure_mask, appearance_mask)[0]
-    (out,) = node("CrossImageSampler").sample(patched, cond, structure, "euler", 1.0, None, None, settings)
-    (appearance_final,) = node("CrossImageSampler").sample(tiny_model, cond, appearance, "euler", 1.0)
+    settings = node("CrossImageLatentAdaIN").execute(0.0, 1.0, structure_mask, appearance_mask)[0]
+    (out,) = node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0, None, None, settings)
+    (appearance_final,) = node("CrossImageSampler").execute(tiny_model, cond, appearance, "euler", 1.0)
     inside = out["samples"][:, :, :8].flatten(2)
     reference = appearance_final["samples"][:, :, :, 12:].flatten(2)
     torch.testing.assert_close(inside.mean(-1), reference.mean(-1), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(inside.std(-1), reference.std(-1), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="structure_mask: the mask is empty"):
-        node("CrossImageLatentAdaIN").settings(0.0, 1.0, torch.zeros(1, 8, 8))
+        node("CrossImageLatentAdaIN").execute(0.0, 1.0, torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match="latent_adain: needs a model from Cross-Image Attention"):
-        node("CrossImageSampler").sample(tiny_model, cond, structure, "euler", 1.0, None, None, settings)
+        node("CrossImageSampler").execute(tiny_model, cond, structure, "euler", 1.0, None, None, settings)
 
 
 def invert_ddpm(node, model, lat, cond, steps=12, skip=4, seed=0, cfg=1.0, negative=None):
-    return node("CrossImageInvertDDPM").invert(model, lat, cond, steps, "ddim_uniform", cfg, skip, seed, negative)
+    return node("CrossImageInvertDDPM").execute(model, lat, cond, steps, "ddim_uniform", cfg, skip, seed, negative)
 
 
 def test_ddpm_inversion_is_retraced_exactly_by_comfyuis_ddpm_sampler(node, tiny_model, cond):
@@ -434,11 +434,11 @@ def test_ddpm_inversion_is_retraced_exactly_by_comfyuis_ddpm_sampler(node, tiny_
     random (chaotic) model; the last step has no noise and ends at its mean."""
     lat = latent(28, batch=2)
     inversion, noisy = invert_ddpm(node, tiny_model, lat, cond)
-    full = node("CrossImageInvertDDIM").invert(tiny_model, lat, cond, 12, "ddim_uniform", 1.0)[0].sigmas
+    full = node("CrossImageInvertDDIM").execute(tiny_model, lat, cond, 12, "ddim_uniform", 1.0)[0].sigmas
     n = full.shape[0] - 4
     assert torch.equal(inversion.sigmas, full[4:]) and inversion.trajectory.shape == (n, 2, 4, 16, 24)
     assert inversion.noise.shape == (n - 1, 2, 4, 16, 24) and not inversion.noise[-1].any()
-    (out,) = node("CrossImageSampler").sample(tiny_model, cond, inversion, "ddpm", 1.0)
+    (out,) = node("CrossImageSampler").execute(tiny_model, cond, inversion, "ddpm", 1.0)
     scale = tiny_model.model.latent_format.scale_factor
     torch.testing.assert_close(out["samples"] * scale, inversion.trajectory[-1], rtol=1e-4, atol=1e-4)
     # every x_i before the last is an independent draw around the image: x_i - x0 = sigma_i n_i
@@ -449,7 +449,7 @@ def test_ddpm_inversion_is_retraced_exactly_by_comfyuis_ddpm_sampler(node, tiny_
 def test_ddpm_inversion_with_guidance_retraces_with_the_same_guidance(node, tiny_model, cond):
     negative = tiny_models.conditioning(9)
     inversion, _ = invert_ddpm(node, tiny_model, latent(29), cond, cfg=3.5, negative=negative)
-    (same,) = node("CrossImageSampler").sample(tiny_model, cond, inversion, "ddpm", 3.5, negative)
+    (same,) = node("CrossImageSampler").execute(tiny_model, cond, inversion, "ddpm", 3.5, negative)
     scale = tiny_model.model.latent_format.scale_factor
     # float32 round-off in each step's latent is amplified once (not compounded: the next noise
     # map lands on the stored latent again) by the random model's eps times cfg 3.5: seen 1e-3
@@ -462,10 +462,10 @@ def test_ddpm_inversion_seeds_and_errors(node, tiny_model, cond):
     c, _ = invert_ddpm(node, tiny_model, latent(30), cond, seed=2)
     assert torch.equal(a.noise, b.noise) and not torch.equal(a.noise, c.noise)
     with pytest.raises(ValueError, match="sampler_name: an edit-friendly DDPM inversion is sampled with ddpm"):
-        node("CrossImageSampler").sample(tiny_model, cond, a, "euler", 1.0)
+        node("CrossImageSampler").execute(tiny_model, cond, a, "euler", 1.0)
     with pytest.raises(ValueError, match="skip: must be less than steps"):
         invert_ddpm(node, tiny_model, latent(30), cond, steps=10, skip=10)
-    ddim, _ = node("CrossImageInvertDDIM").invert(tiny_model, latent(31), cond, 12, "ddim_uniform", 1.0)
-    (patched,) = node("CrossImageAttention").patch(tiny_model, ddim, "0", 0.0, 1.0)
+    ddim, _ = node("CrossImageInvertDDIM").execute(tiny_model, latent(31), cond, 12, "ddim_uniform", 1.0)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, ddim, "0", 0.0, 1.0)
     with pytest.raises(ValueError, match="structure was inverted with DDPM but appearance with DDIM"):
-        node("CrossImageSampler").sample(patched, cond, a, "ddpm", 1.0)
+        node("CrossImageSampler").execute(patched, cond, a, "ddpm", 1.0)

@@ -24,12 +24,12 @@ def test_masks_at_image_size_feed_latent_adain(node, sd15):
     model, clip = sd15
     lat = {"samples": torch.randn(2, 4, 12, 16, generator=torch.Generator().manual_seed(0))}
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of an animal"))
-    inversion, _ = node("CrossImageInvertDDIM").invert(model, lat, cond, 4, "normal", 1.0)
-    (mask,) = node("CrossImageSelfSegmentation").segment(model, clip, inversion, "a photo of an animal",
+    inversion, _ = node("CrossImageInvertDDIM").execute(model, lat, cond, 4, "normal", 1.0)
+    (mask,) = node("CrossImageSelfSegmentation").execute(model, clip, inversion, "a photo of an animal",
                                                          "animal", 0.5, 5, 1.4)
     assert mask.shape == (2, 96, 128)
     assert set(mask.unique().tolist()) <= {0.0, 1.0} and bool((mask.flatten(1).sum(1) > 0).all())
-    node("CrossImageLatentAdaIN").settings(0.29, 1.0, mask, mask)
+    node("CrossImageLatentAdaIN").execute(0.29, 1.0, mask, mask)
     assert "patches_replace" not in model.model_options["transformer_options"]
     with pytest.raises(ValueError, match="word: name the object"):
-        node("CrossImageSelfSegmentation").segment(model, clip, inversion, "a photo", " ", 0.5, 5, 1.4)
+        node("CrossImageSelfSegmentation").execute(model, clip, inversion, "a photo", " ", 0.5, 5, 1.4)

@@ -44,7 +44,7 @@ def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, sd15_checkpoi
 
     # The MODEL the checkpoint loader produced is still unpatched after the graph ran.
     loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
-    model = engine.executor.caches.outputs.get(loader).outputs[0][0]
+    model = engine.cached_outputs(loader)[0][0]
     options = model.model_options["transformer_options"]
     assert "patches_replace" not in options and "cross_image_attention" not in options
     assert model.patches == {}
@@ -52,7 +52,7 @@ def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, sd15_checkpoi
 
 def loader_model(engine, prompt):
     loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
-    return engine.executor.caches.outputs.get(loader).outputs[0][0]
+    return engine.cached_outputs(loader)[0][0]
 
 
 def saved_pixels(comfy_dirs, outputs):

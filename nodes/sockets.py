@@ -1,0 +1,18 @@
+"""The pack's node sockets in ComfyUI's V3 schema (comfy_api), as both ComfyUI releases the
+pack supports (0.3.75 and 0.33.0) have it: `comfy_api.latest.io` exists in both (0.33.0 also
+names it IO); only 0.33.0's inputs take `advanced=`."""
+import inspect
+
+from comfy_api.latest import io
+
+CATEGORY = "cross_image_attention"
+
+# The pack's own socket types; the type names are what saved workflows hold.
+Inversion = io.Custom("CROSS_IMAGE_INVERSION")  # carries a core.inversion.Inversion
+Contrast = io.Custom("CROSS_IMAGE_CONTRAST")    # carries attention_patch.ContrastSettings
+Guidance = io.Custom("CROSS_IMAGE_GUIDANCE")    # carries attention_patch.GuidanceSettings
+LatentAdaIN = io.Custom("CROSS_IMAGE_LATENT_ADAIN")  # carries attention_patch.LatentAdaINSettings
+
+# Tuning inputs most users never touch: the editor folds them away where it knows the flag
+# (0.33.0); on 0.3.75, whose inputs have no such argument, they are ordinary inputs.
+ADVANCED = {"advanced": True} if "advanced" in inspect.signature(io.Float.Input.__init__).parameters else {}
