@@ -59,7 +59,7 @@ def measure(args):
     context_dim = model.model.model_config.unet_config["context_dim"]
     cond, uncond = (torch.randn(1, 77, context_dim, generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
-    node = lambda name: nodes.NODE_CLASS_MAPPINGS[name]()  # noqa: E731
+    node = nodes.NODE_CLASS_MAPPINGS.__getitem__  # node("CrossImageSampler").execute(...)
     weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / GIB
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
           f"latent {tuple(clean['structure'].shape[2:])}, {args.dtype}, runs: {args.runs}")

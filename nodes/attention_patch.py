@@ -57,13 +57,21 @@ def attn1_replacements(model) -> dict:
     return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
 
 
+def is_ours(replacement) -> bool:
+    """A CrossImageSelfAttention, or a replacement that wraps one and says so as functools.wraps
+    does (__wrapped__): a node that composes with ours instead of replacing it."""
+    while replacement is not None and not isinstance(replacement, CrossImageSelfAttention):
+        replacement = getattr(replacement, "__wrapped__", None)
+    return replacement is not None
+
+
 def require_own_layers(model, settings) -> None:
     """Raise a ValueError if a node after Cross-Image Attention replaced the self-attention of
     a layer it patched (that layer would silently stop swapping)."""
     layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
     replaced = attn1_replacements(model)
     lost = [layer_name(block_id, index) for level in settings.levels for block_id, index in layers[level]
-            if not isinstance(replaced.get(("output", block_id, index)), CrossImageSelfAttention)]
+            if not is_ours(replaced.get(("output", block_id, index)))]
     if lost:
         raise ValueError(f"model: a node after Cross-Image Attention replaced the self-attention of decoder layers "
                          f"{', '.join(lost)}, so they would no longer look at the appearance. Remove that node, or "

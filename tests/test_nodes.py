@@ -1,5 +1,6 @@
 """The nodes on a tiny random ComfyUI model: inversion, patching, sampling, AdaIN, errors."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -95,6 +96,7 @@ def record_attention(model, pack):
         return n, context, value
 
     def wrap(key, replace):
+        @functools.wraps(replace)  # says it wraps the cross-image replacement (the sampler checks)
         def recorded(q, k, v, options):
             out = replace(q, k, v, options)
             plain = attention.optimized_attention(q, k, v, options["n_heads"])

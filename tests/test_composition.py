@@ -1,0 +1,101 @@
+"""The pack beside other nodes' attention patches: the attention implementation another node
+selected runs in the patched layers, and patches that would overwrite each other are refused
+with an error naming the conflict."""
+import pytest
+import torch
+
+import tiny_models
+from test_nodes import FINEST_TWO, invert, latent
+
+
+@pytest.fixture(scope="module")
+def cond(comfy_nodes):
+    return tiny_models.conditioning(0)
+
+
+@pytest.fixture(scope="module")
+def pair(node, tiny_model, cond):
+    return tuple(invert(node, tiny_model, latent(seed), cond, steps=4)[0] for seed in (40, 41))
+
+
+def with_attention_override(model, seen):
+    """A clone whose transformer_options select another attention implementation, as packs like
+    SageAttention do (the key 0.33.0's ModelPatcher.set_model_optimized_attention sets; 0.3.75's
+    attention functions honour it too). It records the layers it ran in, then runs ComfyUI's own."""
+    clone = model.clone()
+
+    def override(attention, *args, **kwargs):
+        options = kwargs["transformer_options"]
+        seen.add((options["block"][0], options["block"][1], options["block_index"]))
+        return attention(*args, **kwargs)
+    clone.model_options["transformer_options"]["optimized_attention_override"] = override
+    return clone
+
+
+@pytest.mark.parametrize("strength", [None, 1.67])
+def test_patched_layers_run_the_attention_another_node_selected(node, tiny_model, cond, pair, strength):
+    """Without contrast every row of a patched layer, with contrast the rows that keep their own
+    keys and values (the appearance's), go through the selected attention; the output is the
+    same as without the override, since this one computes the same function."""
+    structure, appearance = pair
+    contrast = None if strength is None else node("CrossImageAttentionContrast").execute(strength)[0]
+    seen = set()
+    overridden = with_attention_override(tiny_model, seen)
+    (patched,) = node("CrossImageAttention").execute(overridden, appearance, "0,1", 0.0, 1.0, contrast)
+    (out,) = node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0)
+    assert FINEST_TWO <= seen  # the patched layers, besides every other attention layer
+    (plain_patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, contrast)
+    (expected,) = node("CrossImageSampler").execute(plain_patched, cond, structure, "euler", 1.0)
+    assert torch.equal(out["samples"], expected["samples"])
+
+
+def test_a_second_cross_image_attention_node_is_refused(node, tiny_model, pair):
+    (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0", 0.0, 1.0)
+    for levels in ("0", "2"):  # the same layers or others: the settings would mix either way
+        with pytest.raises(ValueError, match="model: this MODEL is already patched by a Cross-Image Attention node"):
+            node("CrossImageAttention").execute(patched, pair[1], levels, 0.1, 1.0)
+
+
+def other_pack_replacement(q, k, v, extra_options):
+    return q
+
+
+def test_another_nodes_replacement_on_the_same_layers_is_refused(node, tiny_model, pair):
+    other = tiny_model.clone()
+    other.set_model_attn1_replace(other_pack_replacement, "output", 5, 1)
+    with pytest.raises(ValueError, match=r"model: another node already replaced the self-attention of decoder layers "
+                                         r"output\.5\.1 \(.*other_pack_replacement\)"):
+        node("CrossImageAttention").execute(other, pair[1], "0,1", 0.0, 1.0)
+    # on layers Cross-Image Attention does not patch, both patches stay
+    (patched,) = node("CrossImageAttention").execute(other, pair[1], "1,2", 0.0, 1.0)
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert replaces[("output", 5, 1)] is other_pack_replacement
+
+
+def test_a_replacement_after_cross_image_attention_is_refused_by_the_sampler(node, tiny_model, cond, pair):
+    (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0,1", 0.0, 1.0)
+    overwritten = patched.clone()
+    overwritten.set_model_attn1_replace(other_pack_replacement, "output", 2, 0)
+    with pytest.raises(ValueError, match=r"model: a node after Cross-Image Attention replaced the self-attention "
+                                         r"of decoder layers output\.2\.0"):
+        node("CrossImageSampler").execute(overwritten, cond, pair[0], "euler", 1.0)
+
+
+def test_a_replacement_that_wraps_ours_is_accepted(node, tiny_model, cond, pair):
+    """A node may compose with Cross-Image Attention by wrapping its replacement (saying so with
+    functools.wraps): the layer still swaps, so the sampler runs it."""
+    import functools
+    (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0,1", 0.0, 1.0)
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn1"]
+    ours = replaces[("output", 2, 0)]
+    calls = []
+
+    @functools.wraps(ours)
+    def wrapping(q, k, v, extra_options):
+        calls.append(extra_options["block"])
+        return ours(q, k, v, extra_options)
+    wrapped = patched.clone()
+    wrapped.set_model_attn1_replace(wrapping, "output", 2, 0)
+    (out,) = node("CrossImageSampler").execute(wrapped, cond, pair[0], "euler", 1.0)
+    (expected,) = node("CrossImageSampler").execute(patched, cond, pair[0], "euler", 1.0)
+    assert calls and torch.equal(out["samples"], expected["samples"])
