@@ -264,7 +264,11 @@ def test_inversion_reports_progress_and_stops_on_interrupt(node, tiny_model, con
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
         invert(node, tiny_model, latent(14), cond, steps=5)
-        assert seen == [(i, 5) for i in range(1, 6)]
+        # ComfyUI 0.33.0's ProgressBar drops updates closer than 100 ms apart but always sends
+        # the first and the last: those, rising, of 5 steps
+        values = [value for value, _ in seen]
+        assert values[0] == 1 and values[-1] == 5 and values == sorted(set(values))
+        assert {total for _, total in seen} == {5}
         comfy_nodes_module.interrupt_processing(True)
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             invert(node, tiny_model, latent(14), cond, steps=5)

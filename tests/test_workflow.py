@@ -73,7 +73,7 @@ def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, co
 
     def interrupt_at_step_2(value, total, preview, node_id=None):
         seen.append(value)
-        if value == 2:
+        if value >= 2 and [v for v in seen if v >= 2] == [value]:  # once, at the first update from step 2
             comfy_node_registry.interrupt_processing(True)
 
     comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
@@ -82,7 +82,9 @@ def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, co
             engine.run(prompt)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    assert seen == [1, 2]  # stopped before a third step was taken
+    # stopped within the step it was interrupted in: no update after the one that interrupted
+    # (0.33.0's ProgressBar may drop updates closer than 100 ms apart, so that one is the first >= 2)
+    assert seen[-1] >= 2 and [value for value in seen if value >= 2] == [seen[-1]]
     assert any(event == "execution_interrupted" for event, _ in engine.executor.status_messages)
     assert "patches_replace" not in loader_model(engine, prompt).model_options["transformer_options"]
 
