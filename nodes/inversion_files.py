@@ -1,6 +1,5 @@
 """Save Inversion / Load Inversion: keep an inversion across runs and restarts, as
 safetensors (arrays and strings only, never pickle) inside ComfyUI's output/input folders."""
-import hashlib
 import os
 
 import folder_paths
@@ -26,10 +25,14 @@ def saved_inversions() -> list:
 
 
 def resolve(name: str) -> str:
-    """The file an annotated name means, refusing anything outside ComfyUI's folders."""
-    relative, base = folder_paths.annotated_filepath(name.strip())
-    base = os.path.abspath(base or folder_paths.get_input_directory())
-    path = os.path.abspath(os.path.join(base, relative))
+    """The file an annotated name means (exactly that name: no spaces trimmed), refusing
+    anything that is, or through a link leads, outside ComfyUI's input and output folders."""
+    relative, base = folder_paths.annotated_filepath(name)
+    if name.endswith("[temp]"):
+        raise ValueError(f"inversion: {name!r} is in ComfyUI's temp folder; inversions load from the input folder, "
+                         "or the output folder with ' [output]'")
+    base = os.path.realpath(base or folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(base, relative))
     if os.path.commonpath((base, path)) != base:
         raise ValueError(f"inversion: {name!r} points outside ComfyUI's input/output folders")
     if not path.endswith(EXTENSION):
@@ -60,6 +63,9 @@ class CrossImageSaveInversion(io.ComfyNode):
     @classmethod
     def execute(cls, inversion, filename_prefix):
         require_inversion(inversion, "inversion")
+        if not os.path.basename(filename_prefix.replace("\\", "/")).strip(". "):
+            raise ValueError(f"filename_prefix: {filename_prefix!r} has no file name (it would write a hidden or "
+                             "unnamed file); give one, e.g. 'cross_image/inversion'")
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
         file = f"{filename}_{counter:05}_{EXTENSION}"
@@ -85,8 +91,9 @@ class CrossImageLoadInversion(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, inversion):
-        with open(resolve(inversion), "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        """Changes when the file is replaced or rewritten, without reading it (files can be GBs)."""
+        stat = os.stat(resolve(inversion))
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     @classmethod
     def validate_inputs(cls, inversion):

@@ -83,8 +83,8 @@ if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
   pip_q install -q torch==2.14.1 torchvision==0.29.1
 fi
 # Every later install keeps the torch there is: pip fails rather than replace it.
-"$py" -c 'import torch, torchvision
-for m in (torch, torchvision): print(f"{m.__name__}=={m.__version__}")' > "$venv/keep-torch.txt"
+"$py" -c 'from importlib.metadata import version
+for name in ("torch", "torchvision"): print(f"{name}=={version(name)}")' > "$venv/keep-torch.txt"
 
 # 3. What that ComfyUI and the tests need.
 stamp="$venv/.deps-$(cat "$comfy/requirements.txt" "$repo/requirements.txt" "$repo/tests/requirements.txt" | sha1sum | cut -c1-12)"

@@ -69,3 +69,51 @@ def test_ddpm_noise_maps_survive_the_round_trip(node, tiny_model, cond):
     inversion, _ = node("CrossImageInvertDDPM").execute(tiny_model, lat, cond, 6, "normal", 1.0, 2, 0)
     (loaded,) = node("CrossImageLoadInversion").execute(saved_name(node, inversion, "tests/ddpm"))
     assert loaded.method == "ddpm" and torch.equal(loaded.noise, inversion.noise)
+
+
+def write(inversion, path):
+    tensors, metadata = inversion.to_tensors()
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_names_are_taken_exactly_and_links_out_of_the_folders_refused(node, structure, comfy_dirs, tmp_path):
+    """' same.safetensors' is not 'same.safetensors'; a link in input/ to a file or folder
+    elsewhere does not make that file loadable; the temp folder is not an inversion folder."""
+    write(structure, comfy_dirs["input"] / " same.safetensors")
+    loader = node("CrossImageLoadInversion")
+    (loaded,) = loader.execute(" same.safetensors")
+    assert torch.equal(loaded.trajectory, structure.trajectory)
+    with pytest.raises(ValueError, match="no file 'same.safetensors'"):
+        loader.execute("same.safetensors")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write(structure, outside / "secret.safetensors")
+    (comfy_dirs["input"] / "link.safetensors").symlink_to(outside / "secret.safetensors")
+    (comfy_dirs["input"] / "linked_folder").symlink_to(outside, target_is_directory=True)
+    for name in ("link.safetensors", "linked_folder/secret.safetensors"):
+        with pytest.raises(ValueError, match="points outside ComfyUI's input/output folders"):
+            loader.execute(name)
+    with pytest.raises(ValueError, match="temp folder"):
+        loader.execute("x.safetensors [temp]")
+
+
+def test_the_change_check_does_not_read_the_file(node, structure, comfy_dirs, monkeypatch):
+    import builtins
+    path = comfy_dirs["input"] / "fingerprint.safetensors"
+    write(structure, path)
+    loader = node("CrossImageLoadInversion")
+    first = loader.fingerprint_inputs("fingerprint.safetensors")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: pytest.fail("the change check opened the file"))
+    assert loader.fingerprint_inputs("fingerprint.safetensors") == first
+    monkeypatch.setattr(builtins, "open", real_open)
+    path.write_bytes(path.read_bytes() + b" ")  # rewritten: another size and time
+    assert loader.fingerprint_inputs("fingerprint.safetensors") != first
+
+
+@pytest.mark.parametrize("prefix", ["", "./", "cross_image/", " . "])
+def test_a_prefix_without_a_file_name_is_refused(node, structure, comfy_dirs, prefix):
+    before = sorted(p.name for p in comfy_dirs["output"].rglob("*"))
+    with pytest.raises(ValueError, match="filename_prefix: .* has no file name"):
+        node("CrossImageSaveInversion").execute(structure, prefix)
+    assert sorted(p.name for p in comfy_dirs["output"].rglob("*")) == before
