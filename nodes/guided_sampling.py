@@ -26,6 +26,7 @@ def run_sampler(guider, sampler, sigmas: torch.Tensor, start: torch.Tensor) -> t
 
     Returns the result in LATENT space (what VAE Decode takes), on ComfyUI's intermediate device."""
     model = guider.model_patcher
+    sigmas = sigmas.clone()  # some samplers write into the schedule (UniPC sets its last sigma)
     # CFGGuider.sample maps LATENT space into model space itself (process_latent_in).
     latent_image = model.model.process_latent_out(start)
     callback = latent_preview.prepare_callback(model, sigmas.shape[0] - 1)

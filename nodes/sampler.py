@@ -13,6 +13,16 @@ from .model_info import require_inversion
 from .sockets import CATEGORY, Guidance, Inversion, LatentAdaIN, io
 
 
+# The samplers that land back on an inversion's latents, one model call per step (what the
+# guider's per-step extras are made for). A DDIM inversion is the Euler step run backwards
+# (core/ddim.py; ComfyUI's "ddim" is Euler); an edit-friendly DDPM inversion is retraced by
+# ComfyUI's DDPM step replaying its noise maps. Others (multistep, ancestral, SDE, CFG++)
+# land elsewhere, or crash on the batch layout.
+RETRACING = {"ddim": ("euler", "ddim"), "ddpm": ("ddpm",)}
+INVERSION_NAMES = {"ddim": "a DDIM inversion",
+                   "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)"}
+
+
 def noise_replay(rows, schedule):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does."""
@@ -58,9 +68,10 @@ class CrossImageSampler(io.ComfyNode):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
         if latent_adain is not None and not isinstance(latent_adain, LatentAdaINSettings):
             raise ValueError(f"latent_adain: expected settings from the Latent AdaIN node, got {type(latent_adain).__name__}")
-        if structure.noise is not None and sampler_name != "ddpm":
-            raise ValueError(f"sampler_name: an edit-friendly DDPM inversion is sampled with ddpm (it replays "
-                             f"the inversion's noise maps), not {sampler_name}")
+        fits = RETRACING[structure.method]
+        if sampler_name not in fits:
+            raise ValueError(f"sampler_name: {sampler_name} does not retrace {INVERSION_NAMES[structure.method]}; use "
+                             f"{' or '.join(fits)}")
         settings = model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
         for name, extra in (("guidance", guidance), ("latent_adain", latent_adain)):
             if extra is not None and settings is None:

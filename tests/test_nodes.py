@@ -467,7 +467,7 @@ def test_ddpm_inversion_seeds_and_errors(node, tiny_model, cond):
     b, _ = invert_ddpm(node, tiny_model, latent(30), cond, seed=1)
     c, _ = invert_ddpm(node, tiny_model, latent(30), cond, seed=2)
     assert torch.equal(a.noise, b.noise) and not torch.equal(a.noise, c.noise)
-    with pytest.raises(ValueError, match="sampler_name: an edit-friendly DDPM inversion is sampled with ddpm"):
+    with pytest.raises(ValueError, match="sampler_name: euler does not retrace an edit-friendly DDPM inversion .*; use ddpm"):
         node("CrossImageSampler").execute(tiny_model, cond, a, "euler", 1.0)
     with pytest.raises(ValueError, match="skip: must be less than steps"):
         invert_ddpm(node, tiny_model, latent(30), cond, steps=10, skip=10)
@@ -475,3 +475,28 @@ def test_ddpm_inversion_seeds_and_errors(node, tiny_model, cond):
     (patched,) = node("CrossImageAttention").execute(tiny_model, ddim, "0", 0.0, 1.0)
     with pytest.raises(ValueError, match="structure was inverted with DDPM but appearance with DDIM"):
         node("CrossImageSampler").execute(patched, cond, a, "ddpm", 1.0)
+
+
+def test_samplers_that_do_not_retrace_the_inversion_are_refused_and_nothing_changes(node, pack, tiny_model, cond):
+    """Every sampler ComfyUI lists: those that retrace the inversion run, the others (multistep,
+    ancestral, SDE, CFG++, UniPC ...) are refused naming the ones that fit; neither changes the
+    inversion (UniPC wrote its last sigma into the schedule it was handed)."""
+    import comfy.samplers
+    ddim, _ = invert(node, tiny_model, latent(32), cond, steps=3)
+    ddpm, _ = invert_ddpm(node, tiny_model, latent(32), cond, steps=4, skip=1)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, ddim, "0", 0.0, 1.0)
+    for inversion, fits, model in ((ddim, {"euler", "ddim"}, patched), (ddpm, {"ddpm"}, tiny_model)):
+        before = [t.clone() for t in (inversion.sigmas, inversion.trajectory)]
+        for name in comfy.samplers.SAMPLER_NAMES:
+            if name in fits:
+                (out,) = node("CrossImageSampler").execute(model, cond, inversion, name, 1.0)
+                assert torch.isfinite(out["samples"]).all()
+            else:
+                with pytest.raises(ValueError, match=f"sampler_name: {name} does not retrace .*; use "):
+                    node("CrossImageSampler").execute(model, cond, inversion, name, 1.0)
+        assert all(torch.equal(a, b) for a, b in zip(before, (inversion.sigmas, inversion.trajectory)))
+    # the schedule a sampler is handed is a copy: UniPC's write does not reach the inversion
+    schedule = ddim.sigmas.clone()
+    guider = pack.nodes.guided_sampling.make_guider(tiny_model, cond, None, 1.0)
+    pack.nodes.guided_sampling.run_sampler(guider, comfy.samplers.sampler_object("uni_pc"), ddim.sigmas, ddim.noisy)
+    assert torch.equal(ddim.sigmas, schedule)
