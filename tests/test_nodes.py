@@ -500,3 +500,29 @@ def test_samplers_that_do_not_retrace_the_inversion_are_refused_and_nothing_chan
     guider = pack.nodes.guided_sampling.make_guider(tiny_model, cond, None, 1.0)
     pack.nodes.guided_sampling.run_sampler(guider, comfy.samplers.sampler_object("uni_pc"), ddim.sigmas, ddim.noisy)
     assert torch.equal(ddim.sigmas, schedule)
+
+
+def test_inversions_remember_the_exact_model(node, tiny_model, cond):
+    """Another fine-tune of the same architecture, the same model with a LoRA-like weight
+    patch, or a v-prediction twin are each a different model; loading the patched model (which
+    writes its patches into the weights) does not change what it is."""
+    import comfy.model_management
+    inversion, _ = invert(node, tiny_model, latent(33), cond, steps=3)
+    key = "diffusion_model.output_blocks.2.1.transformer_blocks.0.attn1.to_q.weight"
+    patched = tiny_model.clone()
+    weight = tiny_model.model.state_dict()[key]
+    assert patched.add_patches({key: (torch.ones_like(weight),)}, 0.5) == [key]
+    others = {"another fine-tune": tiny_models.tiny_model(seed=7), "a LoRA-patched model": patched}
+    for what, other in others.items():
+        with pytest.raises(ValueError, match="structure: this inversion was made with a different model than the "
+                                             r"one connected here: other weights \(another checkpoint"):
+            node("CrossImageSampler").execute(other, cond, inversion, "euler", 1.0)
+    v_twin = tiny_models.tiny_model(seed=0, prediction="v")
+    with pytest.raises(ValueError, match="appearance: .* another kind of model"):
+        node("CrossImageAttention").execute(v_twin, inversion, "0", 0.0, 1.0)
+    made_with_patch, _ = invert(node, patched, latent(33), cond, steps=3)
+    comfy.model_management.load_models_gpu([patched])  # the patch is now in the loaded weights
+    (out,) = node("CrossImageSampler").execute(patched, cond, made_with_patch, "euler", 1.0)
+    assert torch.isfinite(out["samples"]).all()
+    with pytest.raises(ValueError, match="other weights"):
+        node("CrossImageSampler").execute(tiny_model, cond, made_with_patch, "euler", 1.0)
