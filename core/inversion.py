@@ -13,13 +13,10 @@ class Inversion:
     trajectory: (n + 1, B, C, H, W) trajectory[i] is the latent at sigmas[i], in the
                 model's own latent space (after ComfyUI's process_latent_in);
                 trajectory[-1] is the inverted (clean) latent, trajectory[0] the noisiest.
-    model_key:  identifies the kind of model that made it; sampling checks it.
+    model_key:  identifies the model that made it (its kind and weights); sampling checks it.
     method:     "ddim" or "ddpm" (edit-friendly).
     noise:      (n, B, C, H, W) for "ddpm": noise[i] is the noise map of the step from
                 sigmas[i] to sigmas[i + 1]; None for "ddim".
-    keys_values: for the fast mode, {layer name: (keys, values)} of decoder self-attention
-                layers, each (n, B, tokens, channels): what the layer computed from the latent
-                at sigmas[i]; None when not kept. Not written to files.
     """
 
     sigmas: torch.Tensor
@@ -27,7 +24,6 @@ class Inversion:
     model_key: str
     method: str = "ddim"
     noise: Optional[torch.Tensor] = None
-    keys_values: Optional[dict] = None
 
     def __post_init__(self):
         if self.sigmas.ndim != 1 or self.trajectory.ndim < 3:

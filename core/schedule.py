@@ -8,21 +8,6 @@ def step_index(schedule: torch.Tensor, sigma: float) -> int:
     return int((schedule > sigma * (1 + 1e-5) + 1e-8).sum())
 
 
-class CallStep:
-    """step_index for the model call being run, worked out once per call: each patched layer of
-    a call is handed the same `sigmas` tensor, and reading a number off the GPU makes the CPU
-    wait for all the work queued before it (once per call, instead of once per layer)."""
-
-    def __init__(self):
-        self.schedule = self.sigmas = self.index = None
-
-    def __call__(self, schedule: torch.Tensor, sigmas: torch.Tensor) -> int:
-        if schedule is not self.schedule or sigmas is not self.sigmas:
-            self.schedule, self.sigmas = schedule, sigmas
-            self.index = step_index(schedule, float(sigmas.max()))
-        return self.index
-
-
 def in_step_range(index: int, steps: int, start: float, end: float) -> bool:
     """True when step `index` of `steps` lies in [round(start * steps), round(end * steps)).
 

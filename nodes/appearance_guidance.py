@@ -1,5 +1,5 @@
 """Appearance Guidance: settings for the Cross-Image Sampler's guider (cross_image_guider.py)."""
-from .attention_patch import GuidanceSettings
+from .settings import GuidanceSettings
 from .sockets import ADVANCED, CATEGORY, Guidance, io
 
 

@@ -1,8 +1,8 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
-from .attention_patch import SETTINGS_KEY, ContrastSettings, CrossImageSelfAttention, CrossImageSettings, attn1_replacements
-from .keys_values import layer_name, level_layers, require_keys_values
-from .model_info import decoder_attention_levels, parse_levels, require_inversion
+from .attention_patch import CrossImageSelfAttention, attn1_replacements
+from .model_info import decoder_attention_levels, layer_name, parse_levels, require_inversion
+from .settings import SETTINGS_KEY, ContrastSettings, CrossImageSettings
 from .sockets import ADVANCED, CATEGORY, Contrast, Inversion, io
 
 
@@ -50,15 +50,12 @@ class CrossImageAttention(io.ComfyNode):
                              tooltip="Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."),
                 io.Float.Input("structure_until", default=0.59, min=0.0, max=1.0, step=0.01, optional=True, **ADVANCED,
                                tooltip="Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."),
-                io.Combo.Input("mode", options=["exact", "fast"], default="exact", optional=True, **ADVANCED,
-                               tooltip="exact: the appearance (and structure) are denoised alongside the output, as in the paper. fast: their keys and values come from their inversions (set keep_keys_values on both Invert nodes to these levels), so only the output is denoised: about a fifth fewer batch rows and a little less memory, and a different image. Not faster than exact in the benchmarks so far (README, Speed)."),
             ],
             outputs=[io.Model.Output(tooltip="A patched clone of the model; use it in Cross-Image Sampler.")],
         )
 
     @classmethod
-    def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
-                mode="exact"):
+    def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
         require_inversion(appearance, "appearance", model)
         if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
             raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
@@ -67,19 +64,14 @@ class CrossImageAttention(io.ComfyNode):
             raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
         if contrast is not None and not isinstance(contrast, ContrastSettings):
             raise ValueError(f"contrast: expected settings from the Attention Contrast node, got {type(contrast).__name__}")
-        if mode not in ("exact", "fast"):
-            raise ValueError(f"mode: 'exact' or 'fast', got {mode!r}")
         strength = contrast.strength if contrast is not None else 1.0
         layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
         chosen = parse_levels(levels, len(layers))
         require_unpatched(model, [key for level in chosen for key in layers[level]])
-        if mode == "fast":
-            require_keys_values(appearance, level_layers(model, chosen), "appearance", chosen)
         patched = model.clone()
         settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,
-                                      structure_every=int(structure_every), structure_until=float(structure_until),
-                                      fast=mode == "fast")
-        attention = CrossImageSelfAttention(settings)
+                                      structure_every=int(structure_every), structure_until=float(structure_until))
+        attention = CrossImageSelfAttention()
         for level in chosen:
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)

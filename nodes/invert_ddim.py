@@ -4,7 +4,6 @@ import comfy.samplers
 from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
 from .guided_sampling import run_inversion
-from .keys_values import recording
 from .model_info import model_key
 from .sockets import ADVANCED, CATEGORY, Inversion as InversionSocket, io
 
@@ -22,11 +21,6 @@ def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip, ext
         *extra,
         io.Conditioning.Input("negative", optional=True,
                               tooltip="Negative prompt (the paper: an empty prompt); only used when cfg is not 1."),
-        io.String.Input("keep_keys_values", default="", optional=True, **ADVANCED, tooltip=(
-            "For Cross-Image Attention's fast mode: decoder levels (e.g. '0,1', as its levels) whose "
-            "self-attention keys and values are kept at every step, so sampling need not denoise this "
-            "image again. Empty keeps none. Costs memory: at 512 px, levels 0,1 of SD1.5 take about "
-            "24 MB per step in fp16.")),
     ]
 
 
@@ -55,17 +49,12 @@ class CrossImageInvertDDIM(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, positive, steps, scheduler, cfg, negative=None, keep_keys_values=""):
+    def execute(cls, model, latent, positive, steps, scheduler, cfg, negative=None):
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)
-        inverting, recorder = recording(model, keep_keys_values, sigmas)
-
-        def invert(denoise, clean, report):
-            trajectory = ddim_invert(denoise, clean, sigmas, floor, report)
-            if recorder is not None:  # the noisiest latent is only stepped from, never evaluated
-                denoise(trajectory[0], float(sigmas[0]))
-            return trajectory, None
-        trajectory, _, noisy = run_inversion(inverting, latent, positive, negative, cfg, sigmas, invert)
-        return io.NodeOutput(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim",
-                                       keys_values=recorder and recorder.keys_values()), noisy)
+        trajectory, _, noisy = run_inversion(
+            model, latent, positive, negative, cfg, sigmas,
+            lambda denoise, clean, report: (ddim_invert(denoise, clean, sigmas, floor, report), None))
+        return io.NodeOutput(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim"),
+                             noisy)

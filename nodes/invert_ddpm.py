@@ -6,7 +6,6 @@ from ..core.ddpm import edit_friendly_invert
 from ..core.inversion import Inversion
 from .guided_sampling import run_inversion
 from .invert_ddim import inversion_inputs, inversion_outputs
-from .keys_values import recording
 from .model_info import model_key
 from .sockets import ADVANCED, CATEGORY, io
 
@@ -33,16 +32,15 @@ class CrossImageInvertDDPM(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None, keep_keys_values=""):
+    def execute(cls, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None):
         if not 0 <= skip < steps:
             raise ValueError(f"skip: must be less than steps ({steps}), got {skip}")
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()[skip:]
         generator = torch.Generator().manual_seed(seed)
-        inverting, recorder = recording(model, keep_keys_values, sigmas)
         trajectory, noise, noisy = run_inversion(
-            inverting, latent, positive, negative, cfg, sigmas,
+            model, latent, positive, negative, cfg, sigmas,
             lambda denoise, clean, report: edit_friendly_invert(denoise, clean, sigmas, generator, report))
         inversion = Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model),
-                              method="ddpm", noise=noise, keys_values=recorder and recorder.keys_values())
+                              method="ddpm", noise=noise)
         return io.NodeOutput(inversion, noisy)

@@ -1,7 +1,7 @@
 """Latent AdaIN: settings for AdaIN on the output latents during sampling (paper, sec. 4.3)."""
 import torch
 
-from .attention_patch import LatentAdaINSettings
+from .settings import LatentAdaINSettings
 from .sockets import ADVANCED, CATEGORY, LatentAdaIN, io
 
 

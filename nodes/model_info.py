@@ -76,6 +76,11 @@ def decoder_attention_levels(diffusion_model) -> list:
     return [by_factor[f] for f in sorted(by_factor)]
 
 
+def layer_name(block_id: int, index: int) -> str:
+    """How errors name a decoder self-attention layer: output block id, transformer index."""
+    return f"output.{block_id}.{index}"
+
+
 def require_inversion(value, name: str, model=None):
     """Check that input `name` is an inversion (made with `model`, when given); return it."""
     from ..core.inversion import Inversion

@@ -4,12 +4,11 @@ import comfy.samplers
 import torch
 
 from ..core.schedule import step_index
-from .attention_patch import (LAYOUT_KEY, SETTINGS_KEY, BatchLayout, GuidanceSettings, LatentAdaINSettings,
-                              require_own_layers)
+from .attention_patch import BatchLayout, require_own_layers
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
-from .keys_values import level_layers, require_keys_values
 from .model_info import require_inversion
+from .settings import SETTINGS_KEY, GuidanceSettings, LatentAdaINSettings
 from .sockets import CATEGORY, Guidance, Inversion, LatentAdaIN, io
 
 
@@ -79,30 +78,19 @@ class CrossImageSampler(io.ComfyNode):
         rows = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
         guider_class = comfy.samplers.CFGGuider
         if settings is not None:
-            require_own_layers(model, settings)
+            require_own_layers(model, settings.levels)
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
-            # The outputs start from the structure's noise; with structure injection the
-            # structure is also denoised on its own, to lend its keys and values (exact mode),
-            # or lends those its inversion kept (fast mode, where the appearance does too).
+            # The outputs start from the structure's noise and the appearance is denoised beside
+            # them; with structure injection the structure is too, to lend its keys and values.
             injection = settings.structure_every > 0 and settings.structure_until > 0
-            if settings.fast:
-                if injection:
-                    require_keys_values(structure, level_layers(model, settings.levels), "structure", settings.levels)
-                layout = BatchLayout(structure.batch_size, 0, 0, structure if injection else None)
-            else:
-                rows += [settings.appearance] + ([structure] if injection else [])
-                layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
-                                     structure.batch_size if injection else 0)
-            model = model.clone()
-            model.model_options["transformer_options"][LAYOUT_KEY] = layout
-            guider_class = lambda patcher: CrossImageGuider(patcher, layout, guidance, latent_adain,  # noqa: E731
-                                                            settings.appearance)
+            rows += [settings.appearance] + ([structure] if injection else [])
+            layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
+                                 structure.batch_size if injection else 0)
+            guider_class = lambda patcher: CrossImageGuider(patcher, settings, layout, guidance, latent_adain)  # noqa: E731
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:
             sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(rows, structure.sigmas)})
         start = torch.cat([inversion.noisy for inversion in rows])
         samples = run_sampler(guider, sampler, structure.sigmas, start)
-        if isinstance(guider, CrossImageGuider):
-            samples = guider.finish(samples, structure.sigmas)
         return io.NodeOutput({"samples": samples[:structure.batch_size]})

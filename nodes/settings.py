@@ -1,0 +1,48 @@
+"""What the settings nodes hand on: Cross-Image Attention's settings ride on the patched MODEL
+(transformer_options[SETTINGS_KEY]), the others on their own sockets; the Cross-Image Sampler
+reads them all and its guider decides each model call from them (cross_image_guider.py)."""
+from dataclasses import dataclass
+
+from ..core.inversion import Inversion
+
+SETTINGS_KEY = "cross_image_attention"  # in a patched MODEL's transformer_options
+
+
+@dataclass(frozen=True)
+class ContrastSettings:
+    """Attention-map contrast for the output rows of the swapped layers (1 = off)."""
+    strength: float = 1.67
+
+
+@dataclass(frozen=True)
+class CrossImageSettings:
+    """Cross-Image Attention's settings: which decoder levels swap (the patch sits there), in
+    which fraction of the steps, with what contrast and structure injection."""
+    appearance: Inversion
+    levels: tuple
+    start: float
+    end: float
+    contrast: float = 1.0
+    structure_every: int = 0
+    structure_until: float = 0.0
+
+    def __deepcopy__(self, memo):
+        return self  # immutable; ComfyUI deep-copies model options on every clone
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """Appearance guidance for the Cross-Image Sampler (paper: 3.5 -> 1.75 from step 10 of 68)."""
+    scale: float = 3.5
+    end_scale: float = 1.75
+    start: float = 0.15
+
+
+@dataclass(frozen=True, eq=False)
+class LatentAdaINSettings:
+    """AdaIN of the output latents to the appearance latents after steps in [start, end)
+    (paper: steps 20 to the end of 68), optionally within masks."""
+    start: float = 0.29
+    end: float = 1.0
+    structure_mask: object = None
+    appearance_mask: object = None
