@@ -20,7 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # browser_support lives next to this file
     sys.path.insert(0, HERE)
 
-from browser_support import REPO, SETTLE, browser_problem, comfyui_server, drop_workflow, launch_chromium, open_editor  # noqa: E402
+from browser_support import (GRAPH_STATE, REPO, SETTLE, browser_problem, comfyui_server, drop_workflow,  # noqa: E402
+                             launch_chromium, open_editor)
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 EXAMPLE_IMAGES = sorted(glob.glob(os.path.join(REPO, "workflows", "*.png")))
@@ -105,8 +106,9 @@ def _save_small(path):
 def screenshot_workflows(browser, url, workflows, out_dir):
     """Draw each workflow file in the editor served at `url` (with a Playwright `browser`)
     and save `<out_dir>/<workflow name>.png`, SCREENSHOT_SIZE pixels. Returns, per workflow,
-    {"path", "scale" (the zoom), "in_view" (every node drawn whole)}. Raises RuntimeError if
-    the page had script errors."""
+    {"path", "scale" (the zoom), "in_view" (every node drawn whole), "warnings" (what the
+    editor reported on load, shown in the picture too)}. Raises RuntimeError if the page had
+    script errors."""
     os.makedirs(out_dir, exist_ok=True)
     page = open_editor(browser, url, VIEWPORT, PIXEL_RATIO)
     shots = []
@@ -120,7 +122,7 @@ def screenshot_workflows(browser, url, workflows, out_dir):
                 scale = page.evaluate(FIT_GRAPH, MARGIN)
                 page.evaluate(SETTLE)
                 shot = {"path": os.path.join(out_dir, name + ".png"), "scale": scale,
-                        "in_view": page.evaluate(IN_VIEW)}
+                        "in_view": page.evaluate(IN_VIEW), "warnings": page.evaluate(GRAPH_STATE)["reports"]}
                 page.screenshot(path=shot["path"], style=SCREENSHOT_STYLE)
                 _save_small(shot["path"])
                 shots.append(shot)
@@ -158,10 +160,15 @@ def main(argv=None):
                 shots = screenshot_workflows(browser, server.url, args.workflows, args.out)
             finally:
                 browser.close()
+    failed = False
     for shot in shots:
-        print(f"{os.path.relpath(shot['path'])}: zoom {shot['scale']:.2f}, {os.path.getsize(shot['path']) // 1000} kB"
-              + ("" if shot["in_view"] else ", NOT ALL NODES IN VIEW"))
-    return 0 if all(shot["in_view"] for shot in shots) else 1
+        print(f"{os.path.relpath(shot['path'])}: zoom {shot['scale']:.2f}, {os.path.getsize(shot['path']) // 1000} kB")
+        if not shot["in_view"]:
+            print("  not every node is in the picture")
+        for warning in shot["warnings"]:
+            print("  the editor warns: " + " / ".join(warning.split("\n")))
+        failed |= not shot["in_view"] or bool(shot["warnings"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
