@@ -1,18 +1,23 @@
 """The shipped workflows in the real ComfyUI editor: a ComfyUI server with this pack, its own
 frontend in headless Chromium, a workflow dropped on the canvas, queued and run on CPU with a
-generated random-weight SD1.5 checkpoint. Screenshots go to artifacts/browser/."""
+generated random-weight SD1.5 checkpoint. Screenshots go to artifacts/browser/. The checks
+hold for the frontends of ComfyUI 0.3.75 and 0.33 (see scripts/browser_support.py)."""
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import headless
-from browser_support import (ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, DROP_FILE, GRAPH_STATE, PACK_NAME,
-                             QUEUE, comfyui_server)
-from shipped import IMAGE_SIZE, WORKFLOWS
+import workflow_screenshots
+from browser_support import (GRAPH_STATE, NODE_SHOWS_IMAGE, PACK_NAME, QUEUE, browser_problem, comfyui_server,
+                             drop_workflow, launch_chromium, open_editor)
+from shipped import IMAGE_SIZE, REPO, WORKFLOWS
 
 pytestmark = pytest.mark.browser
+
+ARTIFACTS = os.path.join(REPO, "artifacts", "browser")
 
 
 @pytest.fixture(scope="module")
@@ -31,33 +36,22 @@ def browser():
     """Headless Chromium (Debian's), driven by Playwright, with a fresh profile. Module-scoped:
     Playwright's sync API keeps an asyncio loop running in this thread while it is open, and
     the in-process tests in other modules call asyncio.run()."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup_env.sh as root or `apt-get install chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: `pip install -r tests/requirements.txt`")
+    problem = browser_problem()
+    if problem:
+        pytest.fail(problem)
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         yield browser
         browser.close()
 
 
 @pytest.fixture
 def page(browser, server):
-    """The editor, opened and ready (window.app and its graph exist). Requests that would
-    leave the machine (the frontend asks api.comfy.org about releases and node packs) fail
-    at once. Uncaught script errors are collected in page.errors."""
-    context = browser.new_context(viewport={"width": 2560, "height": 1440})
-    context.route(lambda url: not url.startswith(server.url + "/"), lambda route: route.abort())
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda error: page.errors.append(error))
-    page.goto(server.url)
-    page.wait_for_function("window.app?.graph && window.app.canvas && LiteGraph.registered_node_types",
-                           timeout=60_000)
+    """The editor, opened and ready; uncaught script errors are collected in page.errors."""
+    page = open_editor(browser, server.url)
     yield page
-    context.close()
+    page.context.close()
 
 
 def test_workflow_templates_list_the_shipped_workflows(server):
@@ -67,23 +61,25 @@ def test_workflow_templates_list_the_shipped_workflows(server):
 
 
 def test_a_missing_node_type_is_reported(page):
-    """The check below would see a missing node: the editor opens its warning dialog."""
+    """The checks below would see a missing node: it stays in the graph as a node of no
+    registered type, and the editor names it in the warning it shows on load (a dialog in
+    one frontend, an errors overlay in the other)."""
     workflow = json.load(open(WORKFLOWS[0]))
     workflow["nodes"][0]["type"] = "NoSuchNode"
-    page.evaluate(DROP_FILE, [json.dumps(workflow), "broken.json"])
+    drop_workflow(page, json.dumps(workflow), "broken.json")
     state = page.evaluate(GRAPH_STATE)
-    assert any("NoSuchNode" in dialog for dialog in state["dialogs"])
-    assert not next(n for n in state["nodes"] if n["type"] == "NoSuchNode")["registered"]
+    assert [n["type"] for n in state["nodes"] if not n["registered"]] == ["NoSuchNode"]
+    assert any("NoSuchNode" in report for report in state["reports"]), state["reports"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
 def test_shipped_workflow_loads_and_runs_in_the_editor(page, server, comfy_nodes, path):
     """Dropped on the canvas, the workflow loads without missing nodes, broken links, invalid
-    values or dialogs; the frontend's prompt is the one the headless runner builds, and
+    values or warnings; the frontend's prompt is the one the headless runner builds, and
     queued from the page it runs and saves an image of the input size."""
     name = os.path.splitext(os.path.basename(path))[0]
     text = open(path).read()
-    page.evaluate(DROP_FILE, [text, os.path.basename(path)])
+    drop_workflow(page, text, os.path.basename(path))
     page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     os.makedirs(ARTIFACTS, exist_ok=True)
     page.screenshot(path=os.path.join(ARTIFACTS, f"{name}-loaded.png"))
@@ -91,13 +87,13 @@ def test_shipped_workflow_loads_and_runs_in_the_editor(page, server, comfy_nodes
     workflow = json.loads(text)
     state = page.evaluate(GRAPH_STATE)
     assert sorted((n["id"], n["type"]) for n in state["nodes"]) == \
-        sorted((n["id"], n["type"]) for n in workflow["nodes"])
+        sorted((str(n["id"]), n["type"]) for n in workflow["nodes"])
     assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
     assert len(state["links"]) == len(workflow["links"])
     for link in state["links"]:
         assert link["output_type"] == link["type"] == link["input_type"] and link["input_link"] == link["id"], link
-    assert state["bad_values"] == []
-    assert state["dialogs"] == []
+    assert state["combos"] and [c for c in state["combos"] if not c["valid"]] == []
+    assert state["reports"] == []
 
     queued = page.evaluate(QUEUE)
     assert "error" not in queued, queued.get("error")
@@ -116,7 +112,22 @@ def test_shipped_workflow_loads_and_runs_in_the_editor(page, server, comfy_nodes
     assert Image.open(os.path.join(server.output_dir, image["subfolder"], image["filename"])).size == IMAGE_SIZE
 
     # The editor got the result too: the node shows the saved image.
-    page.wait_for_function("(id) => app.graph.getNodeById(id)?.imgs?.[0]?.complete", arg=int(node),
-                           timeout=30_000)
+    page.wait_for_function(NODE_SHOWS_IMAGE, arg=node, timeout=30_000)
     page.screenshot(path=os.path.join(ARTIFACTS, f"{name}-done.png"))
     assert page.errors == []
+
+
+def test_workflow_screenshots(browser, server, tmp_path):
+    """scripts/workflow_screenshots.py draws every shipped workflow, whole and without
+    warnings, into a PNG of the set size that shows a graph (many colours, not a flat
+    background)."""
+    shots = workflow_screenshots.screenshot_workflows(browser, server.url, WORKFLOWS, str(tmp_path))
+    assert sorted(os.path.basename(shot["path"]) for shot in shots) == \
+        sorted(os.path.splitext(os.path.basename(path))[0] + ".png" for path in WORKFLOWS)
+    for shot in shots:
+        assert shot["in_view"] and shot["warnings"] == [], shot
+        image = Image.open(shot["path"])
+        assert image.size == workflow_screenshots.SCREENSHOT_SIZE
+        pixels = np.asarray(image.convert("RGB"))
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, shot
+        assert pixels.std() > 10, shot
