@@ -1,11 +1,10 @@
 """Side by side, in one process: the pack's node graph and the in-repo reference implementation
 (tests/reference.py, the official algorithm's structure) on the same random-weight model.
 
-Prints, ours (exact mode, and fast mode) vs reference and as ratios:
+Prints, ours vs reference and as ratios:
   - UNet batch items per transfer (counted by instrumenting the model call), at the paper's
     defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
   - wall time per transfer (both inversions and the sampling), median of --runs;
-  - fast mode's deviation from exact mode;
   - on CUDA, peak GPU memory per transfer: one UNet's weights plus the run's working memory;
   - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
 
@@ -76,14 +75,13 @@ def measure(args):
         seconds = time.perf_counter() - start
         return seconds, torch.cuda.max_memory_allocated() - before if device.type == "cuda" else None, result
 
-    def ours(s, mode="exact"):
+    def ours(s):
         counted = node_graph.counting(model)
-        keep = node_graph.levels(s) if mode == "fast" else ""
 
         def run():
-            inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed, keep)
+            inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed)
                           for seed, name in enumerate(("appearance", "structure"))]
-            return node_graph.transfer(node, counted, cond, s, *inversions, mode=mode)
+            return node_graph.transfer(node, counted, cond, s, *inversions)
         seconds, peak, out = timed(run)
         return seconds, peak, sum(counted.evaluations), out
 
@@ -101,20 +99,16 @@ def measure(args):
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
     for label, s in settings.items():
         results = {}
-        for name, run in (("exact", ours), ("fast", lambda s: ours(s, "fast")), ("reference", reference)):
+        for name, run in (("ours", ours), ("reference", reference)):
             runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
             results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2], runs[0][3])
         t_ref, m_ref, e_ref, _ = results["reference"]
-        for mode in ("exact", "fast"):
-            t, m, e, _ = results[mode]
-            print(f"{label:18s} {mode:5s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
-            print(f"{label:18s} {mode:5s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
-            if m is not None:  # the UNet's weights are allocated before and counted apart
-                print(f"{label:18s} {mode:5s} peak GiB, weights {weights:.2f} + working  ours {weights + m / GIB:6.2f}  "
-                      f"reference {weights + m_ref / GIB:6.2f}  ratio {(weights + m / GIB) / (weights + m_ref / GIB):.3f}")
-        exact, fast = results["exact"][3].float(), results["fast"][3].float()
-        print(f"{label:18s} fast mode's deviation from exact: max {float((fast - exact).abs().max()) / float(exact.std()):.3f}, "
-              f"mean {float((fast - exact).abs().mean()) / float(exact.std()):.3f} of the latent's std")
+        t, m, e, _ = results["ours"]
+        print(f"{label:18s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
+        print(f"{label:18s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
+        if m is not None:  # the UNet's weights are allocated before and counted apart
+            print(f"{label:18s} peak GiB, weights {weights:.2f} + working  ours {weights + m / GIB:6.2f}  "
+                  f"reference {weights + m_ref / GIB:6.2f}  ratio {(weights + m / GIB) / (weights + m_ref / GIB):.3f}")
     peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
     whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
     print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "

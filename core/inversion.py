@@ -25,9 +25,23 @@ class Inversion:
     method: str = "ddim"
     noise: Optional[torch.Tensor] = None
 
+    METHODS = ("ddim", "ddpm")
+
     def __post_init__(self):
-        if self.sigmas.ndim != 1 or self.trajectory.ndim < 3:
-            raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, ...)")
+        """Refuse what would sample to garbage (files can hold anything): errors say "inversion"."""
+        if self.method not in self.METHODS:
+            raise ValueError(f"inversion: unknown method {self.method!r} (known: {', '.join(self.METHODS)})")
+        for label, t in (("sigmas", self.sigmas), ("trajectory", self.trajectory), ("noise", self.noise)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.float32):
+                raise ValueError(f"inversion: {label} must be a float32 tensor, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)}")
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"inversion: {label} holds NaN or infinite values")
+        if self.sigmas.ndim != 1 or self.trajectory.ndim != 5:
+            raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, channels, height, width), "
+                             f"got {tuple(self.sigmas.shape)} and {tuple(self.trajectory.shape)}")
+        if self.sigmas.shape[0] < 2 or bool((self.sigmas[:-1] <= self.sigmas[1:]).any()) or float(self.sigmas[-1]) < 0:
+            raise ValueError("inversion: sigmas must be a schedule of at least one step, falling to 0 or above")
         if self.trajectory.shape[0] != self.sigmas.shape[0]:
             raise ValueError(
                 f"inversion: {self.trajectory.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
@@ -78,11 +92,14 @@ class Inversion:
         if metadata.get("version") != cls.FILE_VERSION:
             raise ValueError(f"{name}: saved inversion version {metadata.get('version')} is not supported "
                              f"(this pack reads version {cls.FILE_VERSION})")
-        missing = {"sigmas", "trajectory"} - set(tensors)
+        missing = sorted({"sigmas", "trajectory"} - set(tensors)) + (["model_key"] if "model_key" not in metadata else [])
         if missing:
-            raise ValueError(f"{name}: saved inversion lacks {sorted(missing)}")
-        return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"], model_key=metadata["model_key"],
-                   method=metadata.get("method", "ddim"), noise=tensors.get("noise"))
+            raise ValueError(f"{name}: saved inversion lacks {missing}")
+        try:
+            return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"], model_key=metadata["model_key"],
+                       method=metadata.get("method", "ddim"), noise=tensors.get("noise"))
+        except ValueError as error:  # "inversion: ..." -> the input's name and the file's
+            raise ValueError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
 
     def check_pairs_with(self, other: "Inversion", name: str, other_name: str) -> None:
         """Raise a ValueError naming both inputs unless the two can be sampled together."""

@@ -1,4 +1,5 @@
 """Appearance Guidance: settings for the Cross-Image Sampler's guider (cross_image_guider.py)."""
+from .checks import require_number
 from .settings import GuidanceSettings
 from .sockets import ADVANCED, CATEGORY, Guidance, io
 
@@ -27,7 +28,6 @@ class CrossImageAppearanceGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, scale, end_scale, start):
-        for name, value, top in (("scale", scale, 30.0), ("end_scale", end_scale, 30.0), ("start", start, 1.0)):
-            if not 0.0 <= value <= top:
-                raise ValueError(f"{name}: must lie in [0, {top}], got {value}")
-        return io.NodeOutput(GuidanceSettings(float(scale), float(end_scale), float(start)))
+        return io.NodeOutput(GuidanceSettings(require_number("scale", scale, 0.0, 30.0),
+                                              require_number("end_scale", end_scale, 0.0, 30.0),
+                                              require_number("start", start, 0.0, 1.0)))

@@ -1,6 +1,7 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
 from .attention_patch import CrossImageSelfAttention, attn1_replacements
+from .checks import require_number
 from .model_info import decoder_attention_levels, layer_name, parse_levels, require_inversion
 from .settings import SETTINGS_KEY, ContrastSettings, CrossImageSettings
 from .sockets import ADVANCED, CATEGORY, Contrast, Inversion, io
@@ -57,11 +58,11 @@ class CrossImageAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
         require_inversion(appearance, "appearance", model)
-        if structure_every < 0 or not 0.0 <= structure_until <= 1.0:
-            raise ValueError(f"structure_every/structure_until: need structure_every >= 0 and 0 <= structure_until <= 1, "
-                             f"got {structure_every} and {structure_until}")
-        if not 0.0 <= start < end <= 1.0:
-            raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
+        structure_every = int(require_number("structure_every", structure_every, 0, 1000))
+        structure_until = require_number("structure_until", structure_until, 0.0, 1.0)
+        start, end = require_number("start", start, 0.0, 1.0), require_number("end", end, 0.0, 1.0)
+        if not start < end:
+            raise ValueError(f"start/end: need start < end, got start={start}, end={end}")
         if contrast is not None and not isinstance(contrast, ContrastSettings):
             raise ValueError(f"contrast: expected settings from the Attention Contrast node, got {type(contrast).__name__}")
         strength = contrast.strength if contrast is not None else 1.0
@@ -70,7 +71,7 @@ class CrossImageAttention(io.ComfyNode):
         require_unpatched(model, [key for level in chosen for key in layers[level]])
         patched = model.clone()
         settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,
-                                      structure_every=int(structure_every), structure_until=float(structure_until))
+                                      structure_every=structure_every, structure_until=structure_until)
         attention = CrossImageSelfAttention()
         for level in chosen:
             for block_id, index in layers[level]:
@@ -97,6 +98,4 @@ class CrossImageAttentionContrast(io.ComfyNode):
 
     @classmethod
     def execute(cls, strength):
-        if not 0.0 <= strength <= 10.0:
-            raise ValueError(f"strength: must lie in [0, 10], got {strength}")
-        return io.NodeOutput(ContrastSettings(strength=float(strength)))
+        return io.NodeOutput(ContrastSettings(strength=require_number("strength", strength, 0.0, 10.0)))

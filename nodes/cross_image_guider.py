@@ -4,22 +4,12 @@ from dataclasses import replace
 
 import comfy.samplers
 import torch
-import torch.nn.functional as F
 
 from ..core.adain import adain
 from ..core.guidance import guidance_scale, guide
 from ..core.schedule import in_step_range, injects_structure, step_index
 from .attention_patch import PLAN_KEY, CallPlan
-
-
-def latent_mask(mask, latent, name):
-    """A ComfyUI MASK (B or 1, H, W) resized to the latent's height and width."""
-    if mask is None:
-        return None
-    mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(latent)
-    if mask.shape[0] not in (1, latent.shape[0]):
-        raise ValueError(f"{name}: {mask.shape[0]} masks for {latent.shape[0]} latents")
-    return F.interpolate(mask, size=latent.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+from .checks import latent_mask
 
 
 class CrossImageGuider(comfy.samplers.CFGGuider):

@@ -106,7 +106,10 @@ class CrossImageLoadInversion(io.ComfyNode):
     @classmethod
     def execute(cls, inversion):
         path = resolve(inversion)
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata()
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata()
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"inversion {inversion!r}: not a readable safetensors file ({error})") from None
         return io.NodeOutput(Inversion.from_tensors(tensors, metadata, name=f"inversion {inversion!r}"))

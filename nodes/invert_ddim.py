@@ -3,6 +3,7 @@ import comfy.samplers
 
 from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
+from .checks import require_number
 from .guided_sampling import run_inversion
 from .model_info import model_key
 from .sockets import ADVANCED, CATEGORY, Inversion as InversionSocket, io
@@ -50,6 +51,7 @@ class CrossImageInvertDDIM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, positive, steps, scheduler, cfg, negative=None):
+        cfg = require_number("cfg", cfg, 0.0, 100.0)
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)

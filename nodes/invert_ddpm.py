@@ -4,6 +4,7 @@ import torch
 
 from ..core.ddpm import edit_friendly_invert
 from ..core.inversion import Inversion
+from .checks import require_number
 from .guided_sampling import run_inversion
 from .invert_ddim import inversion_inputs, inversion_outputs
 from .model_info import model_key
@@ -33,10 +34,14 @@ class CrossImageInvertDDPM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None):
-        if not 0 <= skip < steps:
-            raise ValueError(f"skip: must be less than steps ({steps}), got {skip}")
+        cfg = require_number("cfg", cfg, 0.0, 100.0)
         sampling = model.get_model_object("model_sampling")
-        sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()[skip:]
+        schedule = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
+        # some schedulers give fewer steps than asked (beta: 847 of 1000), some one more
+        if not 0 <= skip < schedule.shape[0] - 1:
+            raise ValueError(f"skip: must be less than the {schedule.shape[0] - 1} steps the {scheduler} scheduler "
+                             f"gives for steps={steps}, got {skip}")
+        sigmas = schedule[skip:]
         generator = torch.Generator().manual_seed(seed)
         trajectory, noise, noisy = run_inversion(
             model, latent, positive, negative, cfg, sigmas,

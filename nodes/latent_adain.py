@@ -1,6 +1,5 @@
 """Latent AdaIN: settings for AdaIN on the output latents during sampling (paper, sec. 4.3)."""
-import torch
-
+from .checks import require_mask, require_number
 from .settings import LatentAdaINSettings
 from .sockets import ADVANCED, CATEGORY, LatentAdaIN, io
 
@@ -31,11 +30,10 @@ class CrossImageLatentAdaIN(io.ComfyNode):
 
     @classmethod
     def execute(cls, start, end, structure_mask=None, appearance_mask=None):
-        if not 0.0 <= start < end <= 1.0:
-            raise ValueError(f"start/end: need 0 <= start < end <= 1, got start={start}, end={end}")
+        start, end = require_number("start", start, 0.0, 1.0), require_number("end", end, 0.0, 1.0)
+        if not start < end:
+            raise ValueError(f"start/end: need start < end, got start={start}, end={end}")
         for name, mask in (("structure_mask", structure_mask), ("appearance_mask", appearance_mask)):
-            if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3)):
-                raise ValueError(f"{name}: expected a MASK (batch, height, width)")
-            if mask is not None and float(mask.sum()) <= 1.0:
-                raise ValueError(f"{name}: the mask is empty; draw the object or leave the input unconnected")
+            if mask is not None:
+                require_mask(name, mask)
         return io.NodeOutput(LatentAdaINSettings(float(start), float(end), structure_mask, appearance_mask))

@@ -6,6 +6,7 @@ import torch
 from ..core.schedule import step_index
 from .attention_patch import BatchLayout, require_own_layers
 from .cross_image_guider import CrossImageGuider
+from .checks import require_number, require_steps
 from .guided_sampling import make_guider, run_sampler
 from .model_info import require_inversion
 from .settings import SETTINGS_KEY, GuidanceSettings, LatentAdaINSettings
@@ -63,6 +64,7 @@ class CrossImageSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, structure, sampler_name, cfg, negative=None, guidance=None, latent_adain=None):
         require_inversion(structure, "structure", model)
+        cfg = require_number("cfg", cfg, 0.0, 100.0)
         if guidance is not None and not isinstance(guidance, GuidanceSettings):
             raise ValueError(f"guidance: expected settings from the Appearance Guidance node, got {type(guidance).__name__}")
         if latent_adain is not None and not isinstance(latent_adain, LatentAdaINSettings):
@@ -80,6 +82,15 @@ class CrossImageSampler(io.ComfyNode):
         if settings is not None:
             require_own_layers(model, settings.levels)
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
+            steps = structure.steps
+            require_steps("model (Cross-Image Attention's start/end)", settings.start, settings.end, steps,
+                          "cross-image attention")
+            if guidance is not None:
+                require_steps("guidance (Appearance Guidance's start, with Cross-Image Attention's end)",
+                              max(guidance.start, settings.start), settings.end, steps, "appearance guidance")
+            if latent_adain is not None:
+                require_steps("latent_adain (Latent AdaIN's start/end)", latent_adain.start, latent_adain.end, steps,
+                              "latent AdaIN")
             # The outputs start from the structure's noise and the appearance is denoised beside
             # them; with structure injection the structure is too, to lend its keys and values.
             injection = settings.structure_every > 0 and settings.structure_until > 0

@@ -5,11 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.segmentation import self_segmentation
+from .checks import VAE_SCALE, require_number
 from .guided_sampling import make_guider, run_sampler
 from .model_info import decoder_attention_levels, require_inversion
 from .sockets import ADVANCED, CATEGORY, Inversion, io
-
-VAE_SCALE = 8  # Stable Diffusion VAEs: one latent pixel per 8x8 image pixels
 
 
 def token_ids(tokens: dict) -> list:
@@ -28,6 +27,19 @@ def word_positions(clip, prompt: str, word: str) -> list:
         if wanted and prompt_ids[start:start + len(wanted)] == wanted:
             return list(range(start, start + len(wanted)))
     raise ValueError(f"word: {word!r} is not a word of the prompt {prompt!r}")
+
+
+def token_grid(height: int, width: int, tokens: int):
+    """(factor, (rows, columns)) of a decoder level with `tokens` tokens on a height x width latent:
+    the UNet halves sizes rounding up (stride-2 convolutions with padding 1), so a level
+    `factor` = 2^k coarser has ceil(height / factor) x ceil(width / factor) tokens."""
+    factor = 1
+    while factor <= max(height, width):
+        grid = (-(-height // factor), -(-width // factor))
+        if grid[0] * grid[1] == tokens:
+            return factor, grid
+        factor *= 2
+    raise ValueError(f"inversion: {tokens} attention tokens fit no level of a {width}x{height} latent")
 
 
 class AttentionRecorder:
@@ -94,6 +106,7 @@ class CrossImageSelfSegmentation(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, inversion, prompt, word, step, clusters, ratio):
+        step, ratio = require_number("step", step, 0.0, 1.0), require_number("ratio", ratio, 1.0, 10.0)
         require_inversion(inversion, "inversion", model)
         if not word.strip():
             raise ValueError("word: name the object, e.g. 'animal'")
@@ -114,7 +127,9 @@ class CrossImageSelfSegmentation(io.ComfyNode):
         self_map = torch.stack(recorder.self_maps).mean(0)
         word_map = torch.stack(recorder.word_maps).mean(0)
         height, width = inversion.trajectory.shape[-2:]
-        factor = round((height * width / self_map.shape[-1]) ** 0.5)
+        factor, grid = token_grid(height, width, self_map.shape[-1])
         masks = torch.stack([self_segmentation(self_map[b], word_map[b], clusters, ratio)
-                             for b in range(self_map.shape[0])]).reshape(-1, 1, height // factor, width // factor)
-        return io.NodeOutput(F.interpolate(masks, scale_factor=factor * VAE_SCALE, mode="nearest")[:, 0])
+                             for b in range(self_map.shape[0])]).reshape(-1, 1, *grid)
+        # each token covers factor x factor latent pixels (the last row and column may stick out)
+        masks = F.interpolate(masks, scale_factor=factor * VAE_SCALE, mode="nearest")
+        return io.NodeOutput(masks[:, 0, :height * VAE_SCALE, :width * VAE_SCALE])

@@ -6,17 +6,16 @@ import math
 from reference import Settings
 
 
-def invert(node, model, clean, cond, uncond, s: Settings, seed: int, keep_keys_values: str = ""):
-    """Invert a clean model-space latent (1, C, H, W) with the Invert node `s` asks for
-    (keeping keys and values of the levels in `keep_keys_values`, for the fast mode)."""
+def invert(node, model, clean, cond, uncond, s: Settings, seed: int):
+    """Invert a clean model-space latent (1, C, H, W) with the Invert node `s` asks for."""
     latent = {"samples": clean / model.model.latent_format.scale_factor}
     positive, negative = [[cond, {}]], [[uncond, {}]]
     if s.inversion == "ddpm":
         return node("CrossImageInvertDDPM").execute(model, latent, positive, s.steps, "ddim_uniform",
-                                                   s.inversion_cfg, s.skip, seed, negative, keep_keys_values)[0]
+                                                   s.inversion_cfg, s.skip, seed, negative)[0]
     assert s.skip == 0, "the DDIM node samples every step it inverted"
     return node("CrossImageInvertDDIM").execute(model, latent, positive, s.steps, "ddim_uniform", s.inversion_cfg,
-                                               negative, keep_keys_values)[0]
+                                               negative)[0]
 
 
 def levels(s: Settings) -> str:
@@ -24,7 +23,7 @@ def levels(s: Settings) -> str:
     return ",".join(str(int(math.log2(grid))) for grid in s.grids)
 
 
-def transfer(node, model, cond, s: Settings, appearance, structure, masks=None, mode="exact"):
+def transfer(node, model, cond, s: Settings, appearance, structure, masks=None):
     """Patch, set up and sample as a workflow wires the nodes; returns the model-space output.
     Step numbers become fractions of the sampled steps; grids (latent / 2^level) become levels,
     as on a UNet with attention at every decoder level. masks: image-size MASKs
@@ -32,7 +31,7 @@ def transfer(node, model, cond, s: Settings, appearance, structure, masks=None, 
     n = s.steps - s.skip
     contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
     (patched,) = node("CrossImageAttention").execute(model, appearance, levels(s), s.swap_from / n, 1.0, contrast,
-                                                   s.structure_every, min(s.structure_until / n, 1.0), mode)
+                                                   s.structure_every, min(s.structure_until / n, 1.0))
     guidance = None
     if s.guidance is not None:
         guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]

@@ -14,9 +14,9 @@ CORE_TYPES = {"MODEL", "CLIP", "VAE", "LATENT", "CONDITIONING", "IMAGE", "MASK",
               "COMBO"}
 # Tuning inputs most users never touch: folded away in editors that know the V3 `advanced` flag.
 ADVANCED_INPUTS = {
-    "CrossImageInvertDDIM": {"scheduler", "keep_keys_values"},
-    "CrossImageInvertDDPM": {"scheduler", "skip", "seed", "keep_keys_values"},
-    "CrossImageAttention": {"start", "end", "structure_every", "structure_until", "mode"},
+    "CrossImageInvertDDIM": {"scheduler"},
+    "CrossImageInvertDDPM": {"scheduler", "skip", "seed"},
+    "CrossImageAttention": {"start", "end", "structure_every", "structure_until"},
     "CrossImageAppearanceGuidance": {"end_scale", "start"},
     "CrossImageLatentAdaIN": {"end"},
     "CrossImageSelfSegmentation": {"step", "clusters", "ratio"},

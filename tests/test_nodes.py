@@ -131,23 +131,42 @@ def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny
     assert swapped == {(key, step) for key in FINEST_TWO for step in range(3, 8)}
 
 
-def test_recorder_keeps_the_conditional_rows_of_every_step(pack):
-    recorder = pack.nodes.keys_values.KeyValueRecorder(torch.tensor([3.0, 2.0, 0.0]))
-    k, v = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+def test_the_guider_decides_each_call_and_every_patched_layer_follows_it(node, pack, tiny_model, cond):
+    """One plan per model call, made by the guider and handed to every patched layer of that
+    call: swap on steps 3-7 of 10 (start 0.3, end 0.8), from the structure on the one injection
+    step inside the swap (step 5: every 5th step before round(0.59 * 10) = 6), with the node's
+    contrast; the structure rows from the swap's start to that step."""
+    plan_key = pack.nodes.attention_patch.PLAN_KEY
+    structure, _ = invert(node, tiny_model, latent(4), cond, steps=10)
+    appearance, _ = invert(node, tiny_model, latent(5), cond, steps=10)
+    contrast = node("CrossImageAttentionContrast").execute(1.5)[0]
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.3, 0.8, contrast)
+    plans = {}
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn1"]
+    for key, replace in list(replaces.items()):
+        @functools.wraps(replace)
+        def seen(q, k, v, options, key=key, replace=replace):
+            plans.setdefault(options[plan_key].step, {})[key] = options[plan_key]
+            return replace(q, k, v, options)
+        replaces[key] = seen
+    node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0)
+    assert sorted(plans) == list(range(10))
+    for step, by_layer in plans.items():
+        assert set(by_layer) == FINEST_TWO and len({id(plan) for plan in by_layer.values()}) == 1
+        plan = next(iter(by_layer.values()))
+        assert plan.swap == (3 <= step <= 7) and plan.from_structure == (step == 5) and plan.contrast == 1.5
+        assert (plan.layout.n_outputs, plan.layout.n_appearances, plan.layout.n_structures) == \
+            (1, 1, 1 if 3 <= step <= 5 else 0)
 
-    def call(sigma, chunks, rows):
-        options = {"sigmas": torch.tensor([sigma]), "cond_or_uncond": chunks, "block": ("output", 3),
-                   "block_index": 0, "n_heads": 2}
-        return recorder(k[rows], k[rows], v[rows], options)
 
-    call(3.0, [1, 0], slice(0, 4))  # step 0: [uncond, cond] in one call
-    call(2.0, [1], slice(0, 2))     # step 1 split by ComfyUI: the unconditional rows alone are not kept
-    with pytest.raises(RuntimeError, match="output.3.0 ran at 1 of 2 steps"):
-        recorder.keys_values()
-    call(2.0, [0], slice(2, 4))     # step 1's conditional rows
-    keys, values = recorder.keys_values()["output.3.0"]
-    assert keys.shape == (2, 2, 6, 8)
-    assert torch.equal(keys[0], k[2:]) and torch.equal(keys[1], k[2:]) and torch.equal(values[0], v[2:])
+def test_a_patched_model_outside_the_cross_image_sampler_is_an_error(node, pack, tiny_model, cond):
+    """In a plain KSampler (or an Invert node) the patched layers would silently be plain ones."""
+    import comfy.sample
+    appearance, _ = invert(node, tiny_model, latent(5), cond, steps=3)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0", 0.0, 1.0)
+    lat = latent(6)["samples"]
+    with pytest.raises(RuntimeError, match="patched by Cross-Image Attention, which only the Cross-Image Sampler can run"):
+        comfy.sample.sample(patched, torch.zeros_like(lat), 2, 1.0, "euler", "normal", cond, cond, lat)
 
 
 def assert_same_up_to_batching(a, b):
@@ -298,9 +317,9 @@ def test_patched_layer_applies_contrast_to_output_rows_only(node, pack, tiny_mod
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 4, 0)]
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 20, 16, generator=g) for _ in range(3))
-    options = {"n_heads": 2, "attn_precision": None, "sigmas": torch.tensor([1.0] * 6),
-               "sample_sigmas": torch.tensor([2.0, 1.0, 0.0]),  # step 1 of 2: no structure injection
-               "cross_image_layout": pack.nodes.attention_patch.BatchLayout(2, 1)}
+    patch = pack.nodes.attention_patch
+    options = {"n_heads": 2, "attn_precision": None,
+               patch.PLAN_KEY: patch.CallPlan(step=1, layout=patch.BatchLayout(2, 1), swap=True, contrast=strength)}
     out = replace(q, k, v, options)
     for chunk in (0, 3):
         app = chunk + 2
@@ -326,18 +345,19 @@ def test_contrast_strength_one_equals_no_contrast_and_1_67_changes_the_output(no
         node("CrossImageAttention").execute(tiny_model, appearance, "0", 0.0, 1.0, 1.67)
 
 
-@pytest.mark.parametrize("step, from_structure", [(5, True), (6, False), (10, False)])
-def test_structure_injection_steps_take_the_structure_keys(node, pack, tiny_model, step, from_structure):
-    """Batch [out0, app, str0] x 2 at 12 steps, injection every 5 steps until 0.75 (step 9):
-    step 5 takes the structure row's keys and values, steps 6 and 10 the appearance's."""
+@pytest.mark.parametrize("from_structure", [True, False])
+def test_structure_injection_steps_take_the_structure_keys(node, pack, tiny_model, from_structure):
+    """Batch [out0, app, str0] x 2: on an injection step the output row takes the structure
+    row's keys and values, on other steps the appearance's."""
     inversion, _ = invert(node, tiny_model, latent(18), tiny_models.conditioning(0), steps=4)
     (patched,) = node("CrossImageAttention").execute(tiny_model, inversion, "0", 0.0, 1.0, None, 5, 0.75)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 5, 1)]
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(6, 12, 16, generator=g) for _ in range(3))
-    schedule = torch.linspace(12.0, 0.0, 13)
-    options = {"n_heads": 2, "attn_precision": None, "sigmas": schedule[step].repeat(6),
-               "sample_sigmas": schedule, "cross_image_layout": pack.nodes.attention_patch.BatchLayout(1, 1, 1)}
+    patch = pack.nodes.attention_patch
+    options = {"n_heads": 2, "attn_precision": None,
+               patch.PLAN_KEY: patch.CallPlan(step=5, layout=patch.BatchLayout(1, 1, 1), swap=True,
+                                              from_structure=from_structure)}
     out = replace(q, k, v, options)
     for chunk in (0, 3):
         source = chunk + (2 if from_structure else 1)
@@ -353,7 +373,7 @@ def test_structure_injection_off_keeps_a_batch_of_two(node, pack, tiny_model, co
     instrumented, calls = record_attention(patched, pack)
     node("CrossImageSampler").execute(instrumented, cond, structure, "euler", 1.0)
     assert {rows for kind, _, _, rows in calls if kind == "any"} == {2}
-    with pytest.raises(ValueError, match="structure_every/structure_until"):
+    with pytest.raises(ValueError, match=r"structure_every: must be a number in \[0, 1000\], got -1"):
         node("CrossImageAttention").execute(tiny_model, structure, "0", 0.0, 1.0, None, -1, 0.59)
 
 
@@ -469,7 +489,7 @@ def test_ddpm_inversion_seeds_and_errors(node, tiny_model, cond):
     assert torch.equal(a.noise, b.noise) and not torch.equal(a.noise, c.noise)
     with pytest.raises(ValueError, match="sampler_name: euler does not retrace an edit-friendly DDPM inversion .*; use ddpm"):
         node("CrossImageSampler").execute(tiny_model, cond, a, "euler", 1.0)
-    with pytest.raises(ValueError, match="skip: must be less than steps"):
+    with pytest.raises(ValueError, match="skip: must be less than the 10 steps the ddim_uniform scheduler gives"):
         invert_ddpm(node, tiny_model, latent(30), cond, steps=10, skip=10)
     ddim, _ = node("CrossImageInvertDDIM").execute(tiny_model, latent(31), cond, 12, "ddim_uniform", 1.0)
     (patched,) = node("CrossImageAttention").execute(tiny_model, ddim, "0", 0.0, 1.0)

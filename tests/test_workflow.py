@@ -93,14 +93,16 @@ def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, co
     assert (rerun == clean).all()
 
 
-def test_workflows_saved_before_an_input_existed_get_its_default(comfy_nodes):
-    """The shipped workflows predate `keep_keys_values` and `mode`: converted as the editor
-    does, those inputs take their defaults (the browser test checks the editor agrees)."""
+def test_workflows_saved_with_retired_inputs_still_convert(comfy_nodes):
+    """Workflows saved while the Invert nodes had `keep_keys_values` and Cross-Image Attention had
+    `mode` (fast mode, retired) hold one more widget value on those nodes, after all the others:
+    converted as the editor does, the extra values are dropped and the prompt is the same."""
     full = next(path for path in WORKFLOWS if path.endswith("cross_image_attention_full.json"))
-    prompt = headless.workflow_to_prompt(json.load(open(full)), headless.node_definitions(comfy_nodes))
-    by_type = {}
-    for node in prompt.values():
-        by_type.setdefault(node["class_type"], []).append(node["inputs"])
-    assert [inputs["keep_keys_values"] for inputs in by_type["CrossImageInvertDDPM"]] == ["", ""]
-    assert by_type["CrossImageAttention"][0]["mode"] == "exact"
-    assert [inputs["seed"] for inputs in by_type["CrossImageInvertDDPM"]] == [0, 0]
+    workflow = json.load(open(full))
+    definitions = headless.node_definitions(comfy_nodes)
+    expected = headless.workflow_to_prompt(workflow, definitions)
+    retired = {"CrossImageInvertDDPM": "", "CrossImageInvertDDIM": "", "CrossImageAttention": "exact"}
+    for node in workflow["nodes"]:
+        if node["type"] in retired:
+            node["widgets_values"].append(retired[node["type"]])
+    assert headless.workflow_to_prompt(workflow, definitions) == expected
