@@ -9,7 +9,6 @@ The python must be one ComfyUI runs with (the tests' venv) with playwright insta
 the checkpoint the workflows name is an empty placeholder file, which ComfyUI lists without
 reading it. tests/test_browser.py runs screenshot_workflows too."""
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -22,9 +21,8 @@ if HERE not in sys.path:  # browser_support lives next to this file
 
 from browser_support import (GRAPH_STATE, REPO, SETTLE, browser_problem, comfyui_server, drop_workflow,  # noqa: E402
                              launch_chromium, open_editor)
+from shipped_files import EXAMPLE_IMAGES, WORKFLOWS  # noqa: E402
 
-WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
-EXAMPLE_IMAGES = sorted(glob.glob(os.path.join(REPO, "workflows", "*.png")))
 
 VIEWPORT = (1600, 900)  # CSS pixels
 PIXEL_RATIO = 2  # device pixels per CSS pixel: node text stays sharp at the zoom a whole graph needs

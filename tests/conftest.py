@@ -1,4 +1,4 @@
-"""Test session set-up: a real ComfyUI (COMFYUI_PATH, prepared by scripts/test_env.sh) with
+"""Test session set-up: a real ComfyUI (COMFYUI_PATH, prepared by scripts/setup_env.sh) with
 this pack loaded as a custom node, temporary input/output folders, and test models."""
 import json
 import os
@@ -17,7 +17,7 @@ from shipped import EXAMPLE_IMAGES, IMAGE_SIZE, WORKFLOWS  # noqa: E402
 def _comfy_path() -> str:
     path = os.environ.get("COMFYUI_PATH")
     if not path:
-        pytest.exit("COMFYUI_PATH is not set: run the tests with `bash scripts/test_env.sh`", returncode=2)
+        pytest.exit("COMFYUI_PATH is not set: run the tests with `bash scripts/run_tests.sh`", returncode=2)
     return path
 
 

@@ -1,8 +1,4 @@
-"""What the repository ships, as the tests see it."""
-import glob
-import os
+"""What the repository ships (scripts/shipped.py), as the tests use it."""
+from shipped_files import EXAMPLE_IMAGES, REPO, WORKFLOWS  # noqa: F401
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
-EXAMPLE_IMAGES = sorted(glob.glob(os.path.join(REPO, "workflows", "*.png")))
 IMAGE_SIZE = (128, 96)  # example inputs for engine runs: small and non-square, to keep CPU runs short
