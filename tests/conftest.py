@@ -57,6 +57,13 @@ def tiny_model(comfy_nodes):
 
 
 @pytest.fixture(scope="session")
+def cond(comfy_nodes):
+    """A random prompt conditioning for the tiny models."""
+    import tiny_models
+    return tiny_models.conditioning(0)
+
+
+@pytest.fixture(scope="session")
 def sd15_checkpoint(comfy_nodes, comfy_dirs):
     """A random-weight checkpoint ComfyUI detects as SD1.5, registered in its checkpoints
     folder list under the name the shipped workflows use."""

@@ -6,15 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import tiny_models
 from test_nodes import invert, latent
 
 NAN = math.nan
-
-
-@pytest.fixture(scope="module")
-def cond(comfy_nodes):
-    return tiny_models.conditioning(0)
 
 
 @pytest.fixture(scope="module")

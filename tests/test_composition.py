@@ -4,13 +4,7 @@ with an error naming the conflict."""
 import pytest
 import torch
 
-import tiny_models
 from test_nodes import FINEST_TWO, invert, latent
-
-
-@pytest.fixture(scope="module")
-def cond(comfy_nodes):
-    return tiny_models.conditioning(0)
 
 
 @pytest.fixture(scope="module")

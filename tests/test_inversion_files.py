@@ -8,11 +8,6 @@ import tiny_models
 
 
 @pytest.fixture(scope="module")
-def cond(comfy_nodes):
-    return tiny_models.conditioning(0)
-
-
-@pytest.fixture(scope="module")
 def structure(node, tiny_model, cond):
     lat = {"samples": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))}
     return node("CrossImageInvertDDIM").execute(tiny_model, lat, cond, 4, "normal", 1.0)[0]

@@ -15,11 +15,6 @@ def smooth_model(comfy_nodes):
     return tiny_models.tiny_model(seed=0, output_scale=0.01)
 
 
-@pytest.fixture(scope="module")
-def cond(comfy_nodes):
-    return tiny_models.conditioning(0)
-
-
 def latent(seed, batch=1, height=16, width=24):
     """A non-square VAE-space latent (16x24 = a 128x192 image)."""
     return {"samples": torch.randn(batch, 4, height, width, generator=torch.Generator().manual_seed(seed)) * 5}
