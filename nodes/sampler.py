@@ -5,8 +5,8 @@ import torch
 
 from ..core.schedule import step_index
 from .attention_patch import BatchLayout, require_own_layers
-from .cross_image_guider import CrossImageGuider
 from .checks import require_number, require_steps
+from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .model_info import require_inversion
 from .settings import SETTINGS_KEY, GuidanceSettings, LatentAdaINSettings
@@ -23,10 +23,10 @@ INVERSION_NAMES = {"ddim": "a DDIM inversion",
                    "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)"}
 
 
-def noise_replay(rows, schedule):
+def noise_replay(row_inversions, schedule):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does."""
-    noise = torch.cat([inversion.noise for inversion in rows], dim=1)
+    noise = torch.cat([inversion.noise for inversion in row_inversions], dim=1)
 
     def replay(sigma, sigma_next):
         return noise[step_index(schedule, float(sigma))].to(sigma.device)
@@ -77,7 +77,7 @@ class CrossImageSampler(io.ComfyNode):
         for name, extra in (("guidance", guidance), ("latent_adain", latent_adain)):
             if extra is not None and settings is None:
                 raise ValueError(f"{name}: needs a model from Cross-Image Attention (it works on the appearance latent)")
-        rows = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
+        row_inversions = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
         guider_class = comfy.samplers.CFGGuider
         if settings is not None:
             require_own_layers(model, settings.levels)
@@ -94,14 +94,14 @@ class CrossImageSampler(io.ComfyNode):
             # The outputs start from the structure's noise and the appearance is denoised beside
             # them; with structure injection the structure is too, to lend its keys and values.
             injection = settings.structure_every > 0 and settings.structure_until > 0
-            rows += [settings.appearance] + ([structure] if injection else [])
+            row_inversions += [settings.appearance] + ([structure] if injection else [])
             layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
                                  structure.batch_size if injection else 0)
             guider_class = lambda patcher: CrossImageGuider(patcher, settings, layout, guidance, latent_adain)  # noqa: E731
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:
-            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(rows, structure.sigmas)})
-        start = torch.cat([inversion.noisy for inversion in rows])
+            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(row_inversions, structure.sigmas)})
+        start = torch.cat([inversion.noisy for inversion in row_inversions])
         samples = run_sampler(guider, sampler, structure.sigmas, start)
         return io.NodeOutput({"samples": samples[:structure.batch_size]})

@@ -33,3 +33,20 @@ def test_masks_at_image_size_feed_latent_adain(node, sd15):
     assert "patches_replace" not in model.model_options["transformer_options"]
     with pytest.raises(ValueError, match="word: name the object"):
         node("CrossImageSelfSegmentation").execute(model, clip, inversion, "a photo", " ", 0.5, 5, 1.4)
+
+
+def test_odd_latent_on_a_model_whose_finest_attention_is_coarser(node, sd15):
+    """A UNet laid out like SDXL (no attention at the finest level: the finest decoder attention
+    is at latent/2) on a 9x7 latent: its token grid is 5x4 (the UNet halves sizes rounding up);
+    the mask comes back at the image size, 72x56."""
+    import tiny_models
+    _, clip = sd15
+    config = tiny_models.tiny_unet_config()
+    config.update(context_dim=768, transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1])
+    model = tiny_models.random_model(config, seed=3)
+    lat = {"samples": torch.randn(1, 4, 9, 7, generator=torch.Generator().manual_seed(1))}
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of an animal"))
+    inversion, _ = node("CrossImageInvertDDIM").execute(model, lat, cond, 3, "normal", 1.0)
+    (mask,) = node("CrossImageSelfSegmentation").execute(model, clip, inversion, "a photo of an animal",
+                                                         "animal", 0.5, 5, 1.4)
+    assert mask.shape == (1, 72, 56) and set(mask.unique().tolist()) <= {0.0, 1.0}
