@@ -32,6 +32,8 @@ def weight_fingerprint(model) -> str:
     (LoRAs, merges: ModelPatcher.patches, with their strengths). Reading 8 values a tensor
     tells checkpoints, fine-tunes and patched models apart without hashing gigabytes."""
     def sample(tensor):
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):  # e.g. quantized weight classes: described
+            return [type(tensor).__name__, str(tensor.dtype)]
         flat = tensor.detach().reshape(-1)
         return flat[::max(1, flat.numel() // 8)][:8].float().cpu().tolist() if flat.numel() else []
 
