@@ -13,7 +13,7 @@ import headless
 import workflow_screenshots
 from browser_support import (GRAPH_STATE, NODE_SHOWS_IMAGE, PACK_NAME, QUEUE, browser_problem, comfyui_server,
                              drop_workflow, launch_chromium, open_editor)
-from shipped import IMAGE_SIZE, REPO, WORKFLOWS
+from shipped import IMAGE_SIZE, REPO, WORKFLOWS, with_retired_inputs
 
 pytestmark = pytest.mark.browser
 
@@ -114,6 +114,21 @@ def test_shipped_workflow_loads_and_runs_in_the_editor(page, server, comfy_nodes
     # The editor got the result too: the node shows the saved image.
     page.wait_for_function(NODE_SHOWS_IMAGE, arg=node, timeout=30_000)
     page.screenshot(path=os.path.join(ARTIFACTS, f"{name}-done.png"))
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_a_workflow_saved_with_retired_inputs_loads_as_the_shipped_one(page, comfy_nodes, path):
+    """Saved by the previous nodes (with fast mode's inputs), the workflow loads without missing
+    nodes, invalid values or warnings, and the editor's prompt is the shipped workflow's."""
+    workflow = json.load(open(path))
+    drop_workflow(page, json.dumps(with_retired_inputs(workflow)), "saved-before.json")
+    state = page.evaluate(GRAPH_STATE)
+    assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
+    assert [c for c in state["combos"] if not c["valid"]] == [] and state["reports"] == []
+    output = page.evaluate("async () => (await app.graphToPrompt()).output")
+    prompt = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in output.items()}
+    assert prompt == headless.workflow_to_prompt(workflow, headless.node_definitions(comfy_nodes))
     assert page.errors == []
 
 

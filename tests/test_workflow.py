@@ -8,7 +8,7 @@ from PIL import Image
 
 import headless
 
-from shipped import IMAGE_SIZE, WORKFLOWS
+from shipped import IMAGE_SIZE, WORKFLOWS, with_retired_inputs
 
 
 def test_workflows_are_shipped():
@@ -93,16 +93,13 @@ def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, co
     assert (rerun == clean).all()
 
 
-def test_workflows_saved_with_retired_inputs_still_convert(comfy_nodes):
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_workflows_saved_with_retired_inputs_still_convert(comfy_nodes, path):
     """Workflows saved while the Invert nodes had `keep_keys_values` and Cross-Image Attention had
-    `mode` (fast mode, retired) hold one more widget value on those nodes, after all the others:
-    converted as the editor does, the extra values are dropped and the prompt is the same."""
-    full = next(path for path in WORKFLOWS if path.endswith("cross_image_attention_full.json"))
-    workflow = json.load(open(full))
+    `mode` (fast mode, retired) hold more widget values on those nodes, after all the others:
+    converted as the editor does, the extra values are dropped and the prompt is the same (the
+    browser test checks the editor agrees)."""
+    workflow = json.load(open(path))
     definitions = headless.node_definitions(comfy_nodes)
-    expected = headless.workflow_to_prompt(workflow, definitions)
-    retired = {"CrossImageInvertDDPM": "", "CrossImageInvertDDIM": "", "CrossImageAttention": "exact"}
-    for node in workflow["nodes"]:
-        if node["type"] in retired:
-            node["widgets_values"].append(retired[node["type"]])
-    assert headless.workflow_to_prompt(workflow, definitions) == expected
+    assert headless.workflow_to_prompt(with_retired_inputs(workflow), definitions) == \
+        headless.workflow_to_prompt(workflow, definitions)
