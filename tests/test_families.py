@@ -1,0 +1,76 @@
+"""Other Stable Diffusion UNet families through the real engine: random-weight checkpoints that
+ComfyUI's CheckpointLoaderSimple detects as SD2.x v-prediction and as the SDXL family
+(scripts/make_test_checkpoint.py --family sd2v / sdxl: their widths, text encoders and
+conditioning; SDXL's layout has no attention at the finest level) run the shipped workflows,
+unchanged but for the checkpoint and step counts."""
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import headless
+from shipped import IMAGE_SIZE, WORKFLOWS
+
+FAMILIES = ("sd2v", "sdxl")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_checkpoint(request, comfy_nodes, comfy_dirs):
+    """(family, file name in the checkpoints folder), built once per family (1 to 2 GB each)."""
+    import make_test_checkpoint
+    name = f"random-{request.param}.safetensors"
+    make_test_checkpoint.build_checkpoint(str(comfy_dirs["checkpoints"] / name), family=request.param)
+    yield request.param, name
+    os.remove(comfy_dirs["checkpoints"] / name)
+
+
+def test_the_checkpoint_is_detected_as_its_family(family_checkpoint, comfy_dirs):
+    import comfy.model_base
+    import comfy.sd
+    family, name = family_checkpoint
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(comfy_dirs["checkpoints"] / name),
+                                                              output_vae=False, output_clip=True)
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of an animal"))
+    if family == "sdxl":
+        assert isinstance(model.model, comfy.model_base.SDXL)
+        assert cond[0][0].shape[-1] == 2048 and cond[0][1]["pooled_output"].shape[-1] == 1280
+    else:
+        assert type(model.model.model_config).__name__ == "SD20"
+        assert model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+        assert cond[0][0].shape[-1] == 1024
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
+def test_shipped_workflows_run_on_the_family(comfy_nodes, comfy_dirs, family_checkpoint, example_inputs,
+                                             monkeypatch, path):
+    """The whole pipeline runs; on SDXL every model call, inversions and the cross-image
+    sampling alike, gets SDXL's vector conditioning (pooled text and size embeddings, `y`) for
+    each of its batch rows."""
+    import comfy.model_base
+    family, name = family_checkpoint
+    prompt = headless.workflow_to_prompt(json.load(open(path)), headless.node_definitions(comfy_nodes))
+    for node in prompt.values():  # the mechanics, not the picture: keep the CPU run short
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = name
+        elif node["class_type"] == "CrossImageInvertDDIM":
+            inputs["steps"] = 10
+        elif node["class_type"] == "CrossImageInvertDDPM":
+            inputs.update(steps=20, skip=6)
+    calls = []
+    apply_model = comfy.model_base.BaseModel.apply_model
+
+    def recorded(self, x, *args, **kwargs):
+        y = kwargs.get("y")  # ComfyUI passes the conditioning as keyword arguments
+        calls.append((x.shape[0], None if y is None else y.shape[0]))
+        return apply_model(self, x, *args, **kwargs)
+    monkeypatch.setattr(comfy.model_base.BaseModel, "apply_model", recorded)
+
+    outputs = headless.Engine().run(prompt)
+    images = [image for out in outputs.values() for image in out.get("images", [])]
+    assert len(images) == 1
+    assert Image.open(comfy_dirs["output"] / images[0]["subfolder"] / images[0]["filename"]).size == IMAGE_SIZE
+    assert max(rows for rows, _ in calls) >= 3  # the cross-image batch: output, appearance, structure
+    if family == "sdxl":
+        assert all(rows == y_rows for rows, y_rows in calls), calls[:5]
