@@ -1,8 +1,11 @@
 """Cross-Image Attention: patch a clone of the MODEL so that its decoder self-attention
 looks at the appearance image's keys and values."""
+import logging
+
+from ..core.levels import paper_levels
 from .attention_patch import CrossImageSelfAttention, attn1_replacements
 from .checks import require_number
-from .model_info import decoder_attention_levels, layer_name, parse_levels, require_inversion
+from .model_info import decoder_attention_levels, decoder_level_factors, layer_name, parse_levels, require_inversion
 from .settings import SETTINGS_KEY, ContrastSettings, CrossImageSettings
 from .sockets import ADVANCED, CATEGORY, Contrast, Inversion, io
 
@@ -39,8 +42,8 @@ class CrossImageAttention(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model the inversions were made with."),
                 Inversion.Input("appearance", tooltip="Inversion of the appearance image (colours, textures, materials to transfer)."),
-                io.String.Input("levels", default="0,1",
-                                tooltip="Decoder resolution levels to swap, 0 = finest. The paper swaps the two finest ('0,1'); adding coarser levels transfers more appearance but loses more structure."),
+                io.String.Input("levels", default="auto",
+                                tooltip="Decoder resolution levels to swap, 0 = finest that has attention, or 'auto': the paper's choice for this model and image size, the levels whose token grids are nearest to 64x64 and 32x32 (SD1.5 and SD2 at 512 px, SDXL at 1024 px: '0,1'; SD2 at 768 px: '1,2'; SDXL at 512 px: '0'). Adding coarser levels transfers more appearance but loses more structure."),
                 io.Float.Input("start", default=0.15, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the denoising steps after which the swap starts (paper: step 10 of 68, 0.15). Earlier starts take more appearance, risking the structure."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
@@ -66,8 +69,11 @@ class CrossImageAttention(io.ComfyNode):
         if contrast is not None and not isinstance(contrast, ContrastSettings):
             raise ValueError(f"contrast: expected settings from the Attention Contrast node, got {type(contrast).__name__}")
         strength = contrast.strength if contrast is not None else 1.0
-        layers = decoder_attention_levels(model.get_model_object("diffusion_model"))
-        chosen = parse_levels(levels, len(layers))
+        unet = model.get_model_object("diffusion_model")
+        layers = decoder_attention_levels(unet)
+        chosen = parse_levels(levels, len(layers), auto=paper_levels(decoder_level_factors(unet),
+                                                                    *appearance.trajectory.shape[-2:]))
+        logging.info("Cross-Image Attention: decoder levels %s (%s)", ",".join(map(str, chosen)), levels)
         require_unpatched(model, [key for level in chosen for key in layers[level]])
         patched = model.clone()
         settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,

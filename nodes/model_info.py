@@ -67,6 +67,16 @@ def decoder_attention_levels(diffusion_model) -> list:
     latent/2 on SDXL). Each level is a list of (output block id, transformer index) keys
     as ComfyUI's attn1 replace patches use them. Found from the module tree, so it does not
     depend on block numbers or image sizes."""
+    return list(_decoder_attention(diffusion_model).values())
+
+
+def decoder_level_factors(diffusion_model) -> list:
+    """How many times coarser than the latent each decoder attention level is, finest first."""
+    return [2 ** downsamples for downsamples in _decoder_attention(diffusion_model)]
+
+
+def _decoder_attention(diffusion_model) -> dict:
+    """{number of downsamplings: [(output block id, transformer index), ...]}, finest first."""
     factor = sum(isinstance(m, Downsample) for block in diffusion_model.input_blocks for m in block)
     by_factor = {}
     for block_id, block in enumerate(diffusion_model.output_blocks):
@@ -75,7 +85,7 @@ def decoder_attention_levels(diffusion_model) -> list:
                 keys = by_factor.setdefault(factor, [])
                 keys += [(block_id, index) for index in range(len(module.transformer_blocks))]
         factor -= sum(isinstance(m, Upsample) for m in block)
-    return [by_factor[f] for f in sorted(by_factor)]
+    return {f: by_factor[f] for f in sorted(by_factor)}
 
 
 def layer_name(block_id: int, index: int) -> str:
@@ -99,14 +109,17 @@ def require_inversion(value, name: str, model=None):
     return value
 
 
-def parse_levels(text: str, available: int, name: str = "levels") -> tuple:
-    """'0,1' -> (0, 1), checked against the model's number of decoder attention levels."""
+def parse_levels(text: str, available: int, name: str = "levels", auto=None) -> tuple:
+    """'0,1' -> (0, 1), checked against the model's number of decoder attention levels;
+    'auto' -> `auto` (the levels worked out for the model and image)."""
+    if text.strip().lower() == "auto" and auto is not None:
+        return tuple(auto)
     try:
         levels = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated level numbers like '0,1', got {text!r}") from None
+        raise ValueError(f"{name}: expected 'auto' or comma-separated level numbers like '0,1', got {text!r}") from None
     if not levels:
-        raise ValueError(f"{name}: choose at least one decoder level, e.g. '0,1'")
+        raise ValueError(f"{name}: choose at least one decoder level, e.g. '0,1', or 'auto'")
     bad = [level for level in levels if not 0 <= level < available]
     if bad:
         raise ValueError(f"{name}: this model's decoder has attention at {available} resolution levels "

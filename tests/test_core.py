@@ -1,4 +1,5 @@
 """Unit tests of core/ against hand-computed values (plain tensors, no model)."""
+import math
 import os
 import subprocess
 import sys
@@ -308,3 +309,15 @@ def test_self_segmentation_separates_an_object_that_attends_to_itself(core):
     word[:6] = 1.0
     mask = core.segmentation.self_segmentation(attention, word, clusters=2)
     assert mask.tolist() == [1.0] * 6 + [0.0] * 10
+
+
+def test_paper_levels_translate_the_paper_grids_to_any_model_and_size(core):
+    """The levels whose token grids are nearest to SD1.5's swapped 64x64 and 32x32 at 512 px."""
+    paper_levels = core.levels.paper_levels
+    sd_factors, sdxl_factors = [1, 2, 4], [2, 4]  # attention at latent/1, /2, /4; SDXL: /2, /4
+    assert paper_levels(sd_factors, 64, 64) == (0, 1)     # SD1.5 / SD2 at 512 px: the paper's own
+    assert paper_levels(sd_factors, 96, 96) == (1, 2)     # SD2 at 768 px: 48 and 24 tokens a side
+    assert paper_levels(sdxl_factors, 128, 128) == (0, 1)  # SDXL at 1024 px: 64 and 32
+    assert paper_levels(sdxl_factors, 64, 64) == (0,)     # SDXL at 512 px: 32 is nearest to both
+    assert paper_levels(sd_factors, 64, 96) == (0, 1)     # 512x768: sqrt(64 * 96) = 78 and 39 a side
+    assert core.levels.grid_side(9, 7, 2) == math.sqrt(5 * 4)  # sizes halve rounding up

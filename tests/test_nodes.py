@@ -217,7 +217,7 @@ def test_bad_inputs_are_named(node, tiny_model, cond):
     attention = node("CrossImageAttention")
     with pytest.raises(ValueError, match="levels: this model's decoder has attention at 3"):
         attention.execute(tiny_model, inversion, "0,3", 0.1, 1.0)
-    with pytest.raises(ValueError, match="levels: expected comma-separated"):
+    with pytest.raises(ValueError, match="levels: expected .auto. or comma-separated"):
         attention.execute(tiny_model, inversion, "fine", 0.1, 1.0)
     with pytest.raises(ValueError, match="start/end"):
         attention.execute(tiny_model, inversion, "0", 0.9, 0.5)
@@ -541,3 +541,17 @@ def test_inversions_remember_the_exact_model(node, tiny_model, cond):
     assert torch.isfinite(out["samples"]).all()
     with pytest.raises(ValueError, match="other weights"):
         node("CrossImageSampler").execute(tiny_model, cond, made_with_patch, "euler", 1.0)
+
+
+def test_auto_levels_are_the_paper_grids_for_this_image(node, pack, tiny_model, cond):
+    """'auto' (the default) asks core.levels.paper_levels with the appearance latent's size: on the
+    tiny UNet (attention at latent/1, /2, /4) a 16x24 latent has grids of 20, 10 and 5 tokens a
+    side, all below 32, so the finest level; a 64x64 latent (64, 32, 16) gives the paper's 0,1."""
+    small, _ = invert(node, tiny_model, latent(34), cond, steps=2)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, small, "auto", 0.0, 1.0)
+    assert attn1_keys(patched) == {("output", 4, 0), ("output", 4, 1), ("output", 5, 0), ("output", 5, 1)}
+    large, _ = invert(node, tiny_model, latent(35, height=64, width=64), cond, steps=1)
+    (patched,) = node("CrossImageAttention").execute(tiny_model, large, "auto", 0.0, 1.0)
+    assert attn1_keys(patched) == FINEST_TWO
+    with pytest.raises(ValueError, match="levels: expected 'auto' or comma-separated"):
+        node("CrossImageAttention").execute(tiny_model, small, "fine", 0.0, 1.0)
