@@ -23,6 +23,12 @@ INVERSION_NAMES = {"ddim": "a DDIM inversion",
                    "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)"}
 
 
+# Conditioning that adds its own signal to every batch row the model runs (ControlNet, T2I
+# adapters, GLIGEN): in the Cross-Image Sampler's batch it would act on the appearance and
+# structure rows as well as the output.
+STEERING = {"control": "a ControlNet or T2I adapter", "gligen": "GLIGEN boxes"}
+
+
 def noise_replay(row_inversions, schedule):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does."""
@@ -80,6 +86,13 @@ class CrossImageSampler(io.ComfyNode):
         row_inversions = [structure]  # the inversion each batch row follows: [outputs | appearances | structures]
         guider_class = comfy.samplers.CFGGuider
         if settings is not None:
+            for name, conditioning in (("positive", positive), ("negative", negative)):
+                steering = sorted({key for _, extra in conditioning or [] for key in STEERING if key in extra})
+                if steering:
+                    raise ValueError(f"{name}: carries {' and '.join(STEERING[key] for key in steering)}, which would "
+                                     "steer the appearance and structure latents away from their inversions too; "
+                                     "the Cross-Image Sampler does not take it yet (apply it to a plain sampling "
+                                     "of the output instead)")
             require_own_layers(model, settings.levels)
             structure.check_pairs_with(settings.appearance, "structure", "appearance")
             steps = structure.steps

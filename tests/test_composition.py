@@ -93,3 +93,32 @@ def test_a_replacement_that_wraps_ours_is_accepted(node, tiny_model, cond, pair)
     (out,) = node("CrossImageSampler").execute(wrapped, cond, pair[0], "euler", 1.0)
     (expected,) = node("CrossImageSampler").execute(patched, cond, pair[0], "euler", 1.0)
     assert calls and torch.equal(out["samples"], expected["samples"])
+
+
+def test_conditioning_that_steers_every_row_is_refused(node, tiny_model, cond, pair):
+    """A ControlNet (or GLIGEN) on the prompt would act on the appearance and structure rows too."""
+    (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0", 0.0, 1.0)
+    controlled = [[cond[0][0], {**cond[0][1], "control": object()}]]
+    with pytest.raises(ValueError, match="positive: carries a ControlNet or T2I adapter, which would steer the "
+                                         "appearance and structure latents"):
+        node("CrossImageSampler").execute(patched, controlled, pair[0], "euler", 1.0)
+
+
+def test_freeu_and_model_sampling_chained_before_the_pack(node, tiny_model, cond):
+    """ComfyUI's FreeU and ModelSamplingDiscrete nodes, chained before the pack as users do:
+    FreeU's patch runs in every call of the transfer and changes it; a sampling override
+    (v-prediction with zero terminal SNR) is another kind of model, so inversions made without
+    it are refused, and inversions made with it sample."""
+    from comfy_extras.nodes_freelunch import FreeU  # ComfyUI's own nodes (V1 in 0.3.75, V3 in 0.33.0)
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    freeu = FreeU().patch(tiny_model, 1.2, 1.4, 0.9, 0.2)[0]
+    v_zsnr = ModelSamplingDiscrete().patch(tiny_model, "v_prediction", True)[0]
+    results = {}
+    for name, model in (("plain", tiny_model), ("freeu", freeu), ("v_zsnr", v_zsnr)):
+        structure, appearance = (invert(node, model, latent(seed), cond, steps=4)[0] for seed in (52, 53))
+        (patched,) = node("CrossImageAttention").execute(model, appearance, "0,1", 0.0, 1.0)
+        results[name] = node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0)[0]["samples"]
+        assert torch.isfinite(results[name]).all(), name
+    assert (results["freeu"] - results["plain"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="structure: .*another kind of model"):
+        node("CrossImageSampler").execute(tiny_model, cond, structure, "euler", 1.0)
