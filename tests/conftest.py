@@ -63,19 +63,42 @@ def cond(comfy_nodes):
     return tiny_models.conditioning(0)
 
 
-@pytest.fixture(scope="session")
-def sd15_checkpoint(comfy_nodes, comfy_dirs):
-    """A random-weight checkpoint ComfyUI detects as SD1.5, registered in its checkpoints
-    folder list under the name the shipped workflows use."""
-    import make_test_checkpoint
+def shipped_checkpoint_names(family: str) -> set:
+    """The checkpoint names the shipped workflows use for `family` ("sdxl": names with "xl")."""
     names = {node["widgets_values"][0] for path in WORKFLOWS for node in json.load(open(path))["nodes"]
              if node["type"] == "CheckpointLoaderSimple"}
+    return {name for name in names if ("xl" in name.lower()) == (family == "sdxl")}
+
+
+def build_shipped_checkpoints(comfy_dirs, family: str) -> set:
+    """A random-weight checkpoint of `family`, registered in ComfyUI's checkpoints folder list
+    under every name the shipped workflows use for that family."""
+    import make_test_checkpoint
+    names = shipped_checkpoint_names(family)
     first = comfy_dirs["checkpoints"] / sorted(names)[0]
-    make_test_checkpoint.build_checkpoint(str(first))
+    make_test_checkpoint.build_checkpoint(str(first), family=family)
     for name in names:
         if not (comfy_dirs["checkpoints"] / name).exists():
             os.link(first, comfy_dirs["checkpoints"] / name)
     return names
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy_nodes, comfy_dirs):
+    """The SD1.5 checkpoint names of the shipped workflows, one random SD1.5 checkpoint."""
+    return build_shipped_checkpoints(comfy_dirs, "sd15")
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(comfy_nodes, comfy_dirs):
+    """The SDXL checkpoint names of the shipped workflows, one random SDXL-family checkpoint."""
+    return build_shipped_checkpoints(comfy_dirs, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def workflow_checkpoints(sd15_checkpoint, sdxl_checkpoint):
+    """Every checkpoint the shipped workflows load, each of its family."""
+    return sd15_checkpoint | sdxl_checkpoint
 
 
 @pytest.fixture(scope="session")

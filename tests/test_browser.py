@@ -21,7 +21,7 @@ ARTIFACTS = os.path.join(REPO, "artifacts", "browser")
 
 
 @pytest.fixture(scope="module")
-def server(comfy_dirs, sd15_checkpoint, example_inputs, tmp_path_factory):
+def server(comfy_dirs, workflow_checkpoints, example_inputs, tmp_path_factory):
     """ComfyUI (COMFYUI_PATH) serving its frontend on a free loopback port, with this pack,
     the test checkpoint and the example images (the same folders as the in-process tests);
     stopped after this module's tests."""

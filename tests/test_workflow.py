@@ -13,6 +13,7 @@ from shipped import IMAGE_SIZE, WORKFLOWS, with_retired_inputs
 
 def test_workflows_are_shipped():
     assert any(path.endswith("cross_image_attention_basic.json") for path in WORKFLOWS)
+    assert any("sdxl" in os.path.basename(path) for path in WORKFLOWS)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
@@ -33,7 +34,7 @@ def test_workflow_links_match_node_definitions(comfy_nodes, path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
-def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, sd15_checkpoint, example_inputs, path):
+def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, workflow_checkpoints, example_inputs, path):
     prompt = headless.workflow_to_prompt(json.load(open(path)), headless.node_definitions(comfy_nodes))
     engine = headless.Engine()
     outputs = engine.run(prompt)
