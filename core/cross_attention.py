@@ -14,9 +14,11 @@ import torch
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@lru_cache(maxsize=64)
 def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structures: int = 0,
-                      from_structure: bool = False, n_plain: int = 0) -> torch.Tensor:
-    """For each row of the model batch, the row whose keys and values it attends to.
+                      from_structure: bool = False, n_plain: int = 0) -> tuple:
+    """For each row of the model batch, the row whose keys and values it attends to (worked out
+    once per layout, not at every patched layer).
 
     Output row j of a chunk takes appearance row j % n_appearances of the same chunk (one
     appearance for all outputs, or one each), or with `from_structure` its own structure row j
@@ -33,7 +35,7 @@ def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structure
     sources = torch.arange(rows)
     for start in range(0, rows, per_chunk):
         sources[start:start + n_outputs] = start + offsets
-    return sources
+    return tuple(sources.tolist())
 
 
 @lru_cache(maxsize=64)
@@ -47,14 +49,14 @@ def row_plan(sources: tuple, device: torch.device) -> tuple:
     return tuple(t.to(device) for t in plan)
 
 
-def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sources: torch.Tensor,
+def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sources: tuple,
                           attention: Attention, swapped_attention: Optional[Attention] = None) -> torch.Tensor:
     """Attention where row r uses the keys and values of row sources[r] (eq. 2).
 
     Rows that take another row's keys and values (the outputs) go through
     `swapped_attention` when one is given (e.g. attention with contrast); the others, and
     all rows when it is None, through `attention`."""
-    every, kept, swapped, taken = row_plan(tuple(sources.tolist()), q.device)
+    every, kept, swapped, taken = row_plan(sources, q.device)
     if swapped_attention is None:
         return attention(q, k.index_select(0, every), v.index_select(0, every))
     out = torch.empty_like(q)

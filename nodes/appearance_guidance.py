@@ -1,7 +1,7 @@
 """Appearance Guidance: settings for the Cross-Image Sampler's guider (cross_image_guider.py)."""
 from .checks import require_number
 from .settings import GuidanceSettings
-from .sockets import ADVANCED, CATEGORY, Guidance, io
+from .sockets import ADVANCED, CATEGORY, GuidanceSocket, io
 
 
 class CrossImageAppearanceGuidance(io.ComfyNode):
@@ -23,7 +23,7 @@ class CrossImageAppearanceGuidance(io.ComfyNode):
                 io.Float.Input("start", default=0.15, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the steps after which guidance applies (paper: step 10 of 68, 0.15)."),
             ],
-            outputs=[Guidance.Output(display_name="guidance", tooltip="Guidance settings; connect to Cross-Image Sampler.")],
+            outputs=[GuidanceSocket.Output(display_name="guidance", tooltip="Guidance settings; connect to Cross-Image Sampler.")],
         )
 
     @classmethod

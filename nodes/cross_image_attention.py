@@ -7,7 +7,7 @@ from .attention_patch import CrossImageSelfAttention, attn1_replacements
 from .checks import require_number
 from .model_info import decoder_attention_levels, decoder_level_factors, layer_name, parse_levels, require_inversion
 from .settings import SETTINGS_KEY, ContrastSettings, CrossImageSettings
-from .sockets import ADVANCED, CATEGORY, Contrast, Inversion, io
+from .sockets import ADVANCED, CATEGORY, ContrastSocket, InversionSocket, io
 
 
 def require_unpatched(model, layers) -> None:
@@ -41,14 +41,14 @@ class CrossImageAttention(io.ComfyNode):
                          "is not changed. Sample it with Cross-Image Sampler."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the inversions were made with."),
-                Inversion.Input("appearance", tooltip="Inversion of the appearance image (colours, textures, materials to transfer)."),
+                InversionSocket.Input("appearance", tooltip="Inversion of the appearance image (colours, textures, materials to transfer)."),
                 io.String.Input("levels", default="auto",
                                 tooltip="Decoder resolution levels to swap, 0 = finest that has attention, or 'auto': the paper's choice for this model and image size, the levels whose token grids are nearest to 64x64 and 32x32 (SD1.5 and SD2 at 512 px, SDXL at 1024 px: '0,1'; SD2 at 768 px: '1,2'; SDXL at 512 px: '0'). Adding coarser levels transfers more appearance but loses more structure."),
                 io.Float.Input("start", default=0.15, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the denoising steps after which the swap starts (paper: step 10 of 68, 0.15). Earlier starts take more appearance, risking the structure."),
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."),
-                Contrast.Input("contrast", optional=True,
+                ContrastSocket.Input("contrast", optional=True,
                                tooltip="Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."),
                 io.Int.Input("structure_every", default=5, min=0, max=1000, optional=True, **ADVANCED,
                              tooltip="Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."),
@@ -99,7 +99,7 @@ class CrossImageAttentionContrast(io.ComfyNode):
                          "chunks; strength 1 is off."),
             inputs=[io.Float.Input("strength", default=1.67, min=0.0, max=10.0, step=0.01,
                                    tooltip="beta in clip((A - mean) * beta + mean, 0, 1). Paper: 1.67. Higher gives crisper, more literal appearance matches; 1 turns it off; below 1 blends more appearance pixels.")],
-            outputs=[Contrast.Output(display_name="contrast", tooltip="Contrast settings; connect to Cross-Image Attention.")],
+            outputs=[ContrastSocket.Output(display_name="contrast", tooltip="Contrast settings; connect to Cross-Image Attention.")],
         )
 
     @classmethod

@@ -94,7 +94,7 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         rows, plains = outputs_and_appearances + structures, n if plain else 0
         batch, times = (torch.cat([t[:rows], t[:plains]]) if plains else t[:rows] for t in (x, timestep))
         plan = CallPlan(step=index, layout=replace(layout, n_structures=structures, n_plain=plains), swap=swapping,
-                        from_structure=swapping and structures > 0 and self.injects(index, steps),
+                        from_structure=structures > 0 and self.injects(index, steps),
                         contrast=s.contrast)
         options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan}}
         out = super().predict_noise(batch, times, options, seed)

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from ..core.inversion import Inversion
 from .model_info import require_inversion
-from .sockets import CATEGORY, Inversion as InversionSocket, io
+from .sockets import CATEGORY, InversionSocket, io
 
 EXTENSION = ".safetensors"
 

@@ -6,7 +6,7 @@ from ..core.inversion import Inversion
 from .checks import require_number
 from .guided_sampling import run_inversion
 from .model_info import model_key
-from .sockets import ADVANCED, CATEGORY, Inversion as InversionSocket, io
+from .sockets import ADVANCED, CATEGORY, InversionSocket, io
 
 
 def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip, extra=()):

@@ -1,7 +1,7 @@
 """Latent AdaIN: settings for AdaIN on the output latents during sampling (paper, sec. 4.3)."""
 from .checks import require_mask, require_number
 from .settings import LatentAdaINSettings
-from .sockets import ADVANCED, CATEGORY, LatentAdaIN, io
+from .sockets import ADVANCED, CATEGORY, LatentAdaINSocket, io
 
 
 class CrossImageLatentAdaIN(io.ComfyNode):
@@ -25,7 +25,7 @@ class CrossImageLatentAdaIN(io.ComfyNode):
                 io.Mask.Input("appearance_mask", optional=True,
                               tooltip="The object in the appearance image: only these pixels give the statistics."),
             ],
-            outputs=[LatentAdaIN.Output(display_name="latent_adain", tooltip="Latent AdaIN settings; connect to Cross-Image Sampler.")],
+            outputs=[LatentAdaINSocket.Output(display_name="latent_adain", tooltip="Latent AdaIN settings; connect to Cross-Image Sampler.")],
         )
 
     @classmethod

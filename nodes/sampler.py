@@ -10,7 +10,7 @@ from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .model_info import require_inversion
 from .settings import SETTINGS_KEY, GuidanceSettings, LatentAdaINSettings
-from .sockets import CATEGORY, Guidance, Inversion, LatentAdaIN, io
+from .sockets import CATEGORY, GuidanceSocket, InversionSocket, LatentAdaINSocket, io
 
 
 # The samplers that land back on an inversion's latents, one model call per step (what the
@@ -53,15 +53,15 @@ class CrossImageSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A model from Cross-Image Attention (or a plain model to reconstruct the structure)."),
                 io.Conditioning.Input("positive", tooltip="The prompt, the same one the images were inverted with."),
-                Inversion.Input("structure", tooltip="Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."),
+                InversionSocket.Input("structure", tooltip="Inversion of the structure image (layout, shape and pose to keep). Sampling follows its schedule."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
                                tooltip="ComfyUI sampler. euler (= ddim) retraces a DDIM inversion; an edit-friendly DDPM inversion needs ddpm, which replays its noise maps."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt; only used when cfg is not 1."),
-                Guidance.Input("guidance", optional=True,
+                GuidanceSocket.Input("guidance", optional=True,
                                tooltip="Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."),
-                LatentAdaIN.Input("latent_adain", optional=True,
+                LatentAdaINSocket.Input("latent_adain", optional=True,
                                   tooltip="AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."),
             ],
             outputs=[io.Latent.Output(tooltip="The output latent, one per structure image.")],

@@ -8,7 +8,7 @@ from ..core.segmentation import self_segmentation
 from .checks import VAE_SCALE, require_number
 from .guided_sampling import make_guider, run_sampler
 from .model_info import decoder_attention_levels, require_inversion
-from .sockets import ADVANCED, CATEGORY, Inversion, io
+from .sockets import ADVANCED, CATEGORY, InversionSocket, io
 
 
 def token_ids(tokens: dict) -> list:
@@ -89,7 +89,7 @@ class CrossImageSelfSegmentation(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model the image was inverted with."),
                 io.Clip.Input("clip", tooltip="The text encoder of that model, to encode the prompt and find the noun."),
-                Inversion.Input("inversion", tooltip="Inversion of the image to segment (structure or appearance)."),
+                InversionSocket.Input("inversion", tooltip="Inversion of the image to segment (structure or appearance)."),
                 io.String.Input("prompt", default="a photo of an animal", multiline=True,
                                 tooltip="The prompt the image was inverted with."),
                 io.String.Input("word", default="animal",

@@ -8,10 +8,10 @@ from comfy_api.latest import io
 CATEGORY = "cross_image_attention"
 
 # The pack's own socket types; the type names are what saved workflows hold.
-Inversion = io.Custom("CROSS_IMAGE_INVERSION")  # carries a core.inversion.Inversion
-Contrast = io.Custom("CROSS_IMAGE_CONTRAST")    # carries attention_patch.ContrastSettings
-Guidance = io.Custom("CROSS_IMAGE_GUIDANCE")    # carries attention_patch.GuidanceSettings
-LatentAdaIN = io.Custom("CROSS_IMAGE_LATENT_ADAIN")  # carries attention_patch.LatentAdaINSettings
+InversionSocket = io.Custom("CROSS_IMAGE_INVERSION")  # carries a core.inversion.Inversion
+ContrastSocket = io.Custom("CROSS_IMAGE_CONTRAST")    # carries settings.ContrastSettings
+GuidanceSocket = io.Custom("CROSS_IMAGE_GUIDANCE")    # carries settings.GuidanceSettings
+LatentAdaINSocket = io.Custom("CROSS_IMAGE_LATENT_ADAIN")  # carries settings.LatentAdaINSettings
 
 # Tuning inputs most users never touch: the editor folds them away where it knows the flag
 # (0.33.0); on 0.3.75, whose inputs have no such argument, they are ordinary inputs.

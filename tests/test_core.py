@@ -75,17 +75,17 @@ def test_in_step_range_matches_the_paper(core):
 def test_key_value_sources(core):
     sources = core.cross_attention.key_value_sources
     # cond + uncond chunks of [out0, out1, app]: outputs take the appearance of their chunk.
-    assert sources(6, 2, 1).tolist() == [2, 2, 2, 5, 5, 5]
+    assert sources(6, 2, 1) == (2, 2, 2, 5, 5, 5)
     # one appearance per output
-    assert sources(4, 2, 2).tolist() == [2, 3, 2, 3]
+    assert sources(4, 2, 2) == (2, 3, 2, 3)
     with pytest.raises(ValueError, match="not a multiple"):
         sources(5, 2, 1)
     # [out0, out1, app, str0, str1] x 2 chunks; injection steps take the structure rows
-    assert sources(10, 2, 1, 2).tolist() == [2, 2, 2, 3, 4, 7, 7, 7, 8, 9]
-    assert sources(10, 2, 1, 2, from_structure=True).tolist() == [3, 4, 2, 3, 4, 8, 9, 7, 8, 9]
+    assert sources(10, 2, 1, 2) == (2, 2, 2, 3, 4, 7, 7, 7, 8, 9)
+    assert sources(10, 2, 1, 2, from_structure=True) == (3, 4, 2, 3, 4, 8, 9, 7, 8, 9)
     # plain copies of the outputs end each chunk and keep their own keys and values
-    assert sources(10, 2, 1, 0, n_plain=2).tolist() == [2, 2, 2, 3, 4, 7, 7, 7, 8, 9]
-    assert sources(5, 1, 1, 1, from_structure=True, n_plain=2).tolist() == [2, 1, 2, 3, 4]
+    assert sources(10, 2, 1, 0, n_plain=2) == (2, 2, 2, 3, 4, 7, 7, 7, 8, 9)
+    assert sources(5, 1, 1, 1, from_structure=True, n_plain=2) == (2, 1, 2, 3, 4)
     with pytest.raises(ValueError, match="1 structures \\+ 2 plain rows"):
         sources(6, 1, 1, 1, n_plain=2)
     with pytest.raises(ValueError, match="one structure row per output"):
@@ -107,7 +107,7 @@ def test_cross_image_attention_passes_swapped_keys_values(core):
         seen.update(q=q_, k=k_, v=v_)
         return q_
 
-    core.cross_attention.cross_image_attention(q, k, v, torch.tensor([2, 1, 2]), attention)
+    core.cross_attention.cross_image_attention(q, k, v, (2, 1, 2), attention)
     assert seen["q"].flatten().tolist() == [0, 1, 2]
     assert seen["k"].flatten().tolist() == [12, 11, 12]
     assert seen["v"].flatten().tolist() == [22, 21, 22]
@@ -117,7 +117,7 @@ def test_cross_image_attention_routes_swapped_rows(core):
     q, k, v = (torch.arange(4.0).view(4, 1, 1) + offset for offset in (0, 10, 20))
     plain = lambda q_, k_, v_: k_ + v_  # noqa: E731
     swapped = lambda q_, k_, v_: -(k_ + v_)  # noqa: E731
-    out = core.cross_attention.cross_image_attention(q, k, v, torch.tensor([1, 1, 1, 3]), plain, swapped)
+    out = core.cross_attention.cross_image_attention(q, k, v, (1, 1, 1, 3), plain, swapped)
     # rows 0 and 2 take row 1's keys and values through the swapped attention; 1 and 3 keep theirs
     assert out.flatten().tolist() == [-32, 32, -32, 36]
     plan = core.cross_attention.row_plan

@@ -63,7 +63,8 @@ def test_nodes_have_display_names_category_and_descriptions(comfy_nodes, ours):
 
 def test_every_input_and_output_is_documented_and_typed(ours, pack):
     sockets = pack.nodes.sockets
-    known = CORE_TYPES | {t.io_type for t in (sockets.Inversion, sockets.Contrast, sockets.Guidance, sockets.LatentAdaIN)}
+    known = CORE_TYPES | {t.io_type for t in (sockets.InversionSocket, sockets.ContrastSocket, sockets.GuidanceSocket,
+                                              sockets.LatentAdaINSocket)}
     for name, cls in ours.items():
         for section, specs in inputs_of(cls).items():
             for input_name, spec in specs.items():
