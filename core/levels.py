@@ -9,10 +9,16 @@ import math
 PAPER_GRIDS = (64, 32)  # tokens a side of the paper's swapped levels
 
 
+def token_grid(height: int, width: int, factor: int) -> tuple:
+    """(rows, columns) of tokens of a level `factor` times coarser than a height x width latent:
+    the UNet halves sizes rounding up (stride-2 convolutions with padding 1)."""
+    return -(-height // factor), -(-width // factor)
+
+
 def grid_side(height: int, width: int, factor: int) -> float:
-    """Tokens a side of a level `factor` times coarser than a height x width latent (the UNet
-    halves sizes rounding up); the geometric mean of the two sides for non-square latents."""
-    return math.sqrt(-(-height // factor) * -(-width // factor))
+    """Tokens a side of that level; the geometric mean of the two sides for non-square latents."""
+    rows, columns = token_grid(height, width, factor)
+    return math.sqrt(rows * columns)
 
 
 def paper_levels(factors: list, height: int, width: int) -> tuple:

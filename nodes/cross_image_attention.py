@@ -49,7 +49,7 @@ class CrossImageAttention(io.ComfyNode):
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the denoising steps at which the swap stops (paper: 1.0, to the end)."),
                 ContrastSocket.Input("contrast", optional=True,
-                               tooltip="Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."),
+                                     tooltip="Attention contrast from the Attention Contrast node (the paper uses 1.67); without it, no contrast."),
                 io.Int.Input("structure_every", default=5, min=0, max=1000, optional=True, **ADVANCED,
                              tooltip="Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."),
                 io.Float.Input("structure_until", default=0.59, min=0.0, max=1.0, step=0.01, optional=True, **ADVANCED,

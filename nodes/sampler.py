@@ -60,9 +60,9 @@ class CrossImageSampler(io.ComfyNode):
                                tooltip="Text classifier-free guidance while sampling. The paper uses none (1.0); higher needs a negative prompt."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Negative prompt; only used when cfg is not 1."),
                 GuidanceSocket.Input("guidance", optional=True,
-                               tooltip="Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."),
+                                     tooltip="Appearance guidance from the Appearance Guidance node (the paper uses it); without it, none."),
                 LatentAdaINSocket.Input("latent_adain", optional=True,
-                                  tooltip="AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."),
+                                        tooltip="AdaIN on the output latent during sampling, from the Latent AdaIN node (the paper uses it); without it, none."),
             ],
             outputs=[io.Latent.Output(tooltip="The output latent, one per structure image.")],
         )

@@ -4,10 +4,11 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 
+from ..core.levels import token_grid
 from ..core.segmentation import self_segmentation
 from .checks import VAE_SCALE, require_number
 from .guided_sampling import make_guider, run_sampler
-from .model_info import decoder_attention_levels, require_inversion
+from .model_info import decoder_attention_levels, decoder_level_factors, require_inversion
 from .sockets import ADVANCED, CATEGORY, InversionSocket, io
 
 
@@ -27,19 +28,6 @@ def word_positions(clip, prompt: str, word: str) -> list:
         if wanted and prompt_ids[start:start + len(wanted)] == wanted:
             return list(range(start, start + len(wanted)))
     raise ValueError(f"word: {word!r} is not a word of the prompt {prompt!r}")
-
-
-def token_grid(height: int, width: int, tokens: int):
-    """(factor, (rows, columns)) of a decoder level with `tokens` tokens on a height x width latent:
-    the UNet halves sizes rounding up (stride-2 convolutions with padding 1), so a level
-    `factor` = 2^k coarser has ceil(height / factor) x ceil(width / factor) tokens."""
-    factor = 1
-    while factor <= max(height, width):
-        grid = (-(-height // factor), -(-width // factor))
-        if grid[0] * grid[1] == tokens:
-            return factor, grid
-        factor *= 2
-    raise ValueError(f"inversion: {tokens} attention tokens fit no level of a {width}x{height} latent")
 
 
 class AttentionRecorder:
@@ -112,7 +100,8 @@ class CrossImageSelfSegmentation(io.ComfyNode):
             raise ValueError("word: name the object, e.g. 'animal'")
         recorder = AttentionRecorder(word_positions(clip, prompt, word.strip()))
         patched = model.clone()
-        for block_id, index in decoder_attention_levels(model.get_model_object("diffusion_model"))[0]:
+        unet = model.get_model_object("diffusion_model")
+        for block_id, index in decoder_attention_levels(unet)[0]:
             patched.set_model_attn1_replace(recorder.self_attention, "output", block_id, index)
             patched.set_model_attn2_replace(recorder.cross_attention, "output", block_id, index)
         index = min(round(step * inversion.steps), inversion.steps - 1)
@@ -127,7 +116,8 @@ class CrossImageSelfSegmentation(io.ComfyNode):
         self_map = torch.stack(recorder.self_maps).mean(0)
         word_map = torch.stack(recorder.word_maps).mean(0)
         height, width = inversion.trajectory.shape[-2:]
-        factor, grid = token_grid(height, width, self_map.shape[-1])
+        factor = decoder_level_factors(unet)[0]  # the finest decoder level with attention
+        grid = token_grid(height, width, factor)
         masks = torch.stack([self_segmentation(self_map[b], word_map[b], clusters, ratio)
                              for b in range(self_map.shape[0])]).reshape(-1, 1, *grid)
         # each token covers factor x factor latent pixels (the last row and column may stick out)

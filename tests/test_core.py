@@ -320,4 +320,5 @@ def test_paper_levels_translate_the_paper_grids_to_any_model_and_size(core):
     assert paper_levels(sdxl_factors, 128, 128) == (0, 1)  # SDXL at 1024 px: 64 and 32
     assert paper_levels(sdxl_factors, 64, 64) == (0,)     # SDXL at 512 px: 32 is nearest to both
     assert paper_levels(sd_factors, 64, 96) == (0, 1)     # 512x768: sqrt(64 * 96) = 78 and 39 a side
-    assert core.levels.grid_side(9, 7, 2) == math.sqrt(5 * 4)  # sizes halve rounding up
+    assert core.levels.token_grid(9, 7, 2) == (5, 4) and core.levels.token_grid(16, 24, 4) == (4, 6)  # halving rounds up
+    assert core.levels.grid_side(9, 7, 2) == math.sqrt(5 * 4)
