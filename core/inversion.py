@@ -108,10 +108,9 @@ class Inversion:
         if self.method != other.method:
             raise ValueError(f"{name} was inverted with {self.method.upper()} but {other_name} with "
                              f"{other.method.upper()}: use the same Invert node for both")
-        if self.trajectory.shape[2:] != other.trajectory.shape[2:]:
-            raise ValueError(
-                f"{name} latent is {tuple(self.trajectory.shape[2:])} but {other_name} latent is "
-                f"{tuple(other.trajectory.shape[2:])}: encode both images at the same size")
+        if self.trajectory.shape[2] != other.trajectory.shape[2]:  # sizes may differ, channels not
+            raise ValueError(f"{name} latent has {self.trajectory.shape[2]} channels but {other_name} latent "
+                             f"{other.trajectory.shape[2]}: use latents of the same VAE")
         if self.sigmas.shape != other.sigmas.shape or not torch.allclose(self.sigmas, other.sigmas):
             raise ValueError(
                 f"{name} and {other_name} were inverted with different schedules "

@@ -3,6 +3,9 @@ decides nothing: each model call of the Cross-Image Sampler carries a CallPlan, 
 sampler's guider, that says what the batch holds and whose keys and values each row uses."""
 from dataclasses import dataclass
 from functools import partial
+from typing import Optional
+
+import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
@@ -17,22 +20,29 @@ PLAN_KEY = "cross_image_call_plan"  # in transformer_options, for one model call
 class BatchLayout:
     """The model batch per conditioning chunk: output rows, appearance rows, structure rows,
     and plain rows (copies of the outputs that keep their own keys and values: appearance
-    guidance's no-swap prediction, in the same model call)."""
+    guidance's no-swap prediction, in the same model call). With `appearances_lent`, the
+    appearance rows are not in the batch: an appearance of another size than the structure
+    runs in a model call of its own just before, which lends its keys and values."""
     n_outputs: int
     n_appearances: int
     n_structures: int = 0
     n_plain: int = 0
+    appearances_lent: bool = False
 
 
 @dataclass(frozen=True)
 class CallPlan:
     """One model call: its step, its batch, and whether the output rows swap (take the appearance
-    rows' keys and values, or with `from_structure` their structure rows'), with what contrast."""
+    rows' keys and values, or with `from_structure` their structure rows'), with what contrast.
+    `lend_to`: a dict this call's patched layers leave their keys and values in, per layer and
+    conditioning entry, for the call that reads them as `lent` (appearances_lent)."""
     step: int
     layout: BatchLayout
     swap: bool
     from_structure: bool = False
     contrast: float = 1.0
+    lend_to: Optional[dict] = None
+    lent: Optional[dict] = None
 
 
 class CrossImageSelfAttention:
@@ -53,15 +63,23 @@ class CrossImageSelfAttention:
         # given contrast; the contrast needs the probabilities, so it is computed here.
         attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
                             attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
+        # the call's conditioning chunks, each named by its conditioning entry (the same in both calls)
+        layer = extra_options["block"], extra_options["block_index"]
+        chunks = list(zip(extra_options["uuids"], extra_options["cond_or_uncond"]))
+        if plan.lend_to is not None:
+            for chunk, keys, values in zip(chunks, k.chunk(len(chunks)), v.chunk(len(chunks))):
+                plan.lend_to[layer, chunk] = keys, values
         if not plan.swap:
             return attention(q, k, v)
         swapped_attention = None  # strength 1 keeps the model's attention for every row
         if plan.contrast != 1.0:
             swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast)
-        layout = plan.layout
+        layout, lent = plan.layout, None
+        if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
+            lent = tuple(torch.cat([plan.lent[layer, chunk][i] for chunk in chunks]) for i in (0, 1))
         sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures,
-                                    plan.from_structure, layout.n_plain)
-        return cross_image_attention(q, k, v, sources, attention, swapped_attention)
+                                    plan.from_structure, layout.n_plain, layout.appearances_lent)
+        return cross_image_attention(q, k, v, sources, attention, swapped_attention, lent)
 
 
 def attn1_replacements(model) -> dict:

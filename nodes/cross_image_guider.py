@@ -7,6 +7,7 @@ import torch
 
 from ..core.adain import adain
 from ..core.guidance import guidance_scale, guide
+from ..core.packing import pack, unpack
 from ..core.schedule import in_step_range, injects_structure, step_index
 from .attention_patch import PLAN_KEY, CallPlan
 from .checks import latent_mask
@@ -25,11 +26,35 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     latents' per-channel statistics. ComfyUI's samplers have no hook between steps, so this is
     applied, in place, to the latent handed to the next model call (the sampler continues
     from it), and after the last step to the sampler's result. Made for one model call per step
-    (the samplers sampler.RETRACING allows)."""
+    (the samplers sampler.RETRACING allows).
 
-    def __init__(self, model_patcher, settings, layout, guidance=None, latent_adain=None):
+    appearance_shape: the appearance latents' (C, H, W). When it is not the structure's, the
+    appearances ride in the sampler's batch packed into rows of the structure's shape
+    (core/packing.py), and each model call becomes two: the appearances alone at their own
+    size, with the conditioning made for that size, lending their keys and values to the call
+    of the other rows (the same attention as in one batch)."""
+
+    def __init__(self, model_patcher, settings, layout, appearance_shape, guidance=None, latent_adain=None):
         super().__init__(model_patcher)
         self.settings, self.layout, self.guidance, self.latent_adain = settings, layout, guidance, latent_adain
+        self.appearance_shape, self.appearance_conds = tuple(appearance_shape), None
+
+    def split(self, x):
+        """(outputs, appearances at their own size, structures) of a sampler batch."""
+        n, structures = self.layout.n_outputs, self.layout.n_structures
+        return x[:n], unpack(x[n:x.shape[0] - structures], self.appearance_shape), x[x.shape[0] - structures:]
+
+    def join(self, outputs, appearances, structures):
+        return torch.cat([outputs, pack(appearances, tuple(outputs.shape[1:])), structures])
+
+    def inner_sample(self, noise, latent_image, device, *args, **kwargs):
+        """ComfyUI's, with the conditioning also made for the appearances' size when it differs
+        (SDXL's size embeddings, areas and masks depend on it)."""
+        if self.appearance_shape != tuple(noise.shape[1:]):
+            conds = {name: [dict(entry) for entry in entries] for name, entries in self.conds.items()}
+            appearance = noise.new_zeros((self.layout.n_appearances,) + self.appearance_shape)
+            self.appearance_conds = comfy.samplers.process_conds(self.inner_model, appearance, conds, device)
+        return super().inner_sample(noise, latent_image, device, *args, **kwargs)
 
     def adain_after(self, step, steps):
         s = self.latent_adain
@@ -44,9 +69,10 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
             return
         sampling = self.model_patcher.get_model_object("model_sampling")
         scale = float(sampling.calculate_input(torch.tensor([float(sigma)]), torch.ones(1, 1)))
-        appearance = x[n:n + self.layout.n_appearances] * scale
-        x[:n] = adain(x[:n] * scale, appearance, latent_mask(s.structure_mask, x[:n], "structure_mask"),
-                      latent_mask(s.appearance_mask, appearance, "appearance_mask"),
+        outputs, appearances, _ = self.split(x)
+        appearances = appearances * scale
+        x[:n] = adain(outputs * scale, appearances, latent_mask(s.structure_mask, outputs, "structure_mask"),
+                      latent_mask(s.appearance_mask, appearances, "appearance_mask"),
                       mask_names=("structure_mask", "appearance_mask")) / scale
 
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
@@ -85,21 +111,40 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         after the last injection step nothing reads them, so they take it too. Batches of one to
         three latents cost a model call's overhead more than its arithmetic on a GPU, so one call
         with more rows is cheaper than two."""
-        s, layout, n = self.settings, self.layout, self.layout.n_outputs
-        outputs_and_appearances = n + layout.n_appearances
-        structures = layout.n_structures
-        if structures and ((not swapping and torch.equal(x[:n], x[outputs_and_appearances:]))
-                           or not self.injects_from(index, steps)):
-            structures = 0
-        rows, plains = outputs_and_appearances + structures, n if plain else 0
-        batch, times = (torch.cat([t[:rows], t[:plains]]) if plains else t[:rows] for t in (x, timestep))
-        plan = CallPlan(step=index, layout=replace(layout, n_structures=structures, n_plain=plains), swap=swapping,
-                        from_structure=structures > 0 and self.injects(index, steps),
-                        contrast=s.contrast)
+        s, layout = self.settings, self.layout
+        outputs, appearances, structures = self.split(x)
+        if len(structures) and ((not swapping and torch.equal(outputs, structures))
+                                or not self.injects_from(index, steps)):
+            structures = structures[:0]
+        plains = outputs if plain else outputs[:0]
+        own_call = tuple(appearances.shape[1:]) != tuple(outputs.shape[1:])
+        from_structure = len(structures) > 0 and self.injects(index, steps)
+        lent = {} if own_call and swapping and not from_structure else None
+        plan = CallPlan(step=index, layout=replace(layout, n_structures=len(structures), n_plain=len(plains),
+                                                   appearances_lent=own_call),
+                        swap=swapping, from_structure=from_structure, contrast=s.contrast, lent=lent)
+        parts = [outputs, structures, plains]
+        if own_call:  # the appearances alone, at their size, lending their keys and values
+            appearances = self.predict_rows(appearances, timestep, model_options, seed, self.appearance_conds,
+                                            replace(plan, layout=replace(layout, n_outputs=0, n_structures=0),
+                                                    swap=False, from_structure=False, lent=None, lend_to=lent))
+        else:
+            parts.insert(1, appearances)
+        out = self.predict_rows(torch.cat(parts), timestep, model_options, seed, self.conds, plan)
+        out = list(out.split([len(part) for part in parts]))
+        if not own_call:
+            appearances = out.pop(1)
+        outputs, structures, plains = out
+        swap = self.join(outputs, appearances, structures if len(structures) else outputs[:layout.n_structures])
+        return swap, plains if plain else None
+
+    def predict_rows(self, x, timestep, model_options, seed, conds, plan):
+        """ComfyUI's guided prediction (CFGGuider.predict_noise) for the rows x, with these
+        conditions and the call's plan in transformer_options."""
         options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan}}
-        out = super().predict_noise(batch, times, options, seed)
-        swap = out[:rows] if structures == layout.n_structures else torch.cat([out[:rows], out[:n]])
-        return swap, out[rows:] if plain else None
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep[:1].repeat(x.shape[0]),
+                                                conds.get("negative"), conds.get("positive"), self.cfg,
+                                                model_options=options, seed=seed)
 
     def injects(self, index, steps):
         """Whether step `index` is a structure injection step of the swap."""

@@ -3,6 +3,7 @@ the appearance latent alongside it in the same batch so the patched attention ca
 import comfy.samplers
 import torch
 
+from ..core.packing import pack
 from ..core.schedule import step_index
 from .attention_patch import BatchLayout, require_own_layers
 from .checks import require_number, require_steps
@@ -29,13 +30,13 @@ INVERSION_NAMES = {"ddim": "a DDIM inversion",
 STEERING = {"control": "a ControlNet or T2I adapter", "gligen": "GLIGEN boxes"}
 
 
-def noise_replay(row_inversions, schedule):
+def noise_replay(row_inversions, schedule, row_shape):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
-    noise map from its inversion (outputs: the structure's), as the paper's sampling does."""
-    noise = torch.cat([inversion.noise for inversion in row_inversions], dim=1)
-
+    noise map from its inversion (outputs: the structure's), as the paper's sampling does,
+    packed as the batch is (core/packing.py: zero on the padding)."""
     def replay(sigma, sigma_next):
-        return noise[step_index(schedule, float(sigma))].to(sigma.device)
+        step = step_index(schedule, float(sigma))
+        return torch.cat([pack(inversion.noise[step], row_shape) for inversion in row_inversions]).to(sigma.device)
     return replay
 
 
@@ -110,11 +111,16 @@ class CrossImageSampler(io.ComfyNode):
             row_inversions += [settings.appearance] + ([structure] if injection else [])
             layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
                                  structure.batch_size if injection else 0)
-            guider_class = lambda patcher: CrossImageGuider(patcher, settings, layout, guidance, latent_adain)  # noqa: E731
+            appearance_shape = settings.appearance.trajectory.shape[2:]
+            guider_class = lambda patcher: CrossImageGuider(patcher, settings, layout, appearance_shape,  # noqa: E731
+                                                            guidance, latent_adain)
         guider = make_guider(model, positive, negative, cfg, guider_class)
+        # an appearance of another size rides in the batch as rows of the structure's shape
+        row_shape = tuple(structure.trajectory.shape[2:])
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:
-            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(row_inversions, structure.sigmas)})
-        start = torch.cat([inversion.noisy for inversion in row_inversions])
+            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(row_inversions, structure.sigmas,
+                                                                                     row_shape)})
+        start = torch.cat([pack(inversion.noisy, row_shape) for inversion in row_inversions])
         samples = run_sampler(guider, sampler, structure.sigmas, start)
         return io.NodeOutput({"samples": samples[:structure.batch_size]})

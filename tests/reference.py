@@ -17,25 +17,41 @@ OUT, APP, STRUCT = 0, 1, 2  # rows of the sampling batch
 
 
 def diffusers_twin(model):
-    """A diffusers UNet with a ComfyUI SD1.5-family model's architecture and weights."""
+    """A diffusers UNet with a ComfyUI SD1.5- or SDXL-family model's architecture and weights
+    (SDXL's vector conditioning `y` becomes diffusers' "text_time" added embedding)."""
     from diffusers import UNet2DConditionModel
     import comfy.utils
     config = model.model.model_config.unet_config
     levels, blocks = len(config["channel_mult"]), config["num_res_blocks"]
     # transformer depth per level (ComfyUI lists it per input block)
     depth = [config["transformer_depth"][level * blocks[0]] for level in range(levels)]
+    channels = [config["model_channels"] * m for m in config["channel_mult"]]
+    # diffusers' attention_head_dim is the number of heads; ComfyUI gives it or the channels per head
+    heads = [config["num_heads"] if config["num_heads"] > 0 else c // config["num_head_channels"] for c in channels]
+    added = {}
+    if config.get("adm_in_channels"):  # SDXL: y = [pooled text, 6 size embeddings of 256]
+        assert config.get("num_classes") == "sequential"
+        added = dict(addition_embed_type="text_time", addition_time_embed_dim=256,
+                     projection_class_embeddings_input_dim=config["adm_in_channels"])
     twin = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=blocks[0],
-        block_out_channels=[config["model_channels"] * m for m in config["channel_mult"]],
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=blocks[0], block_out_channels=channels,
         down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depth],
         up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depth)],
-        cross_attention_dim=config["context_dim"], attention_head_dim=config["num_heads"],
-        transformer_layers_per_block=[max(d, 1) for d in depth], norm_num_groups=32)
+        cross_attention_dim=config["context_dim"], attention_head_dim=heads,
+        transformer_layers_per_block=[max(d, 1) for d in depth], norm_num_groups=32,
+        use_linear_projection=config.get("use_linear_in_transformer", False), **added)
     mapping = comfy.utils.unet_to_diffusers(config)
+    for ours, theirs in (("0.0", "linear_1"), ("0.2", "linear_2")):  # label_emb = add_embedding
+        for kind in ("weight", "bias"):
+            mapping.setdefault(f"add_embedding.{theirs}.{kind}", f"label_emb.{ours}.{kind}")
     weights = model.model.diffusion_model.state_dict()
-    # the map lists every key a UNet of this shape may have; keep those this one has
-    twin.load_state_dict({key: weights[comfy_key] for key, comfy_key in mapping.items() if comfy_key in weights},
-                         strict=True)
+    # the map lists every key a UNet of this shape may have (label_emb as both class_embedding
+    # and add_embedding): keep those both UNets have, and check that no ComfyUI weight is left
+    keys = twin.state_dict().keys()
+    state = {key: weights[comfy_key] for key, comfy_key in mapping.items() if comfy_key in weights and key in keys}
+    left = set(weights) - {mapping[key] for key in state}
+    assert not left, f"ComfyUI weights without a diffusers twin: {sorted(left)[:5]}"
+    twin.load_state_dict(state, strict=True)
     return twin.eval()
 
 
@@ -67,6 +83,7 @@ class Settings:
     adain_from: Optional[int] = 20  # None: no AdaIN
     adain_until: int = 100
     final_abar: float = 1.0
+    prediction: str = "eps"        # what the UNet predicts: "eps" or "v" (SD2.x 768-v)
 
 
 def adain(x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.Tensor:
@@ -92,20 +109,29 @@ class NaiveAttention:
     probabilities get the contrast clip((A - 1/N) beta + 1/N, 0, 1), not renormalised."""
 
     def __init__(self, owner: "Reference", name: str):
-        self.owner = owner
+        self.owner, self.name = owner, name
         self.decoder_self_attention = name.startswith("up_blocks") and ".attn1." in name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         source = self.owner.key_value_source(hidden_states.shape[1]) if self.decoder_self_attention else None
-        out = self.attend(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads, source,
-                          self.owner.settings.contrast)
+        alone = self.owner.alone
+        if self.decoder_self_attention and alone is not None:
+            # one latent per call (images of different sizes): the appearance and the structure
+            # run first and leave their keys and values here for the output's call
+            self.owner.kept[self.name, alone] = k, v
+            if alone == OUT and source is not None:
+                (k, v), source = self.owner.kept[self.name, source], OUT
+            else:
+                source = None
+        out = self.attend(q, k, v, attn.heads, source, self.owner.settings.contrast)
         return attn.to_out[1](attn.to_out[0](out))
 
     @staticmethod
     def attend(q, k, v, heads: int, source: Optional[int], contrast: float):
         """q (B, Nq, heads * d), k and v (B, Nk, heads * d); source: the row whose keys and
-        values the output row takes (None: no swap)."""
+        values the output row takes (None: no swap; OUT: they are in its row already)."""
         b, n, _ = q.shape
         q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         if source is not None:
@@ -121,12 +147,18 @@ class NaiveAttention:
 class Reference:
     """Transfer with the paper's algorithm. `evaluations` counts UNet batch items."""
 
-    def __init__(self, unet, settings: Settings, cond: torch.Tensor, uncond: Optional[torch.Tensor] = None):
+    def __init__(self, unet, settings: Settings, cond: torch.Tensor, uncond: Optional[torch.Tensor] = None,
+                 pooled: Optional[torch.Tensor] = None, uncond_pooled: Optional[torch.Tensor] = None,
+                 time_ids: Optional[Tuple[float, ...]] = None):
+        """SDXL: pooled, uncond_pooled: the prompts' pooled text embeddings (1, dim); time_ids:
+        the six size numbers, by default (h, w, 0, 0, h, w) with h, w the latent's size x 8."""
         self.unet, self.settings, self.cond, self.uncond = unet, settings, cond, uncond
+        self.pooled, self.uncond_pooled, self.time_ids = pooled, uncond_pooled, time_ids
         self.abar = sd15_alphas_cumprod()
         self.timesteps = leading_timesteps(settings.steps)
         self.evaluations = 0
         self.swap, self.step, self.latent_tokens = False, None, None
+        self.alone, self.kept = None, {}  # the row a one-latent call runs; keys and values it left
         unet.set_attn_processor({name: NaiveAttention(self, name) for name in unet.attn_processors})
 
     # -- the swap -------------------------------------------------------------------
@@ -145,20 +177,36 @@ class Reference:
         """alphas_cumprod at timesteps[index]; index == steps is the clean end."""
         return float(self.abar[self.timesteps[index]]) if index < len(self.timesteps) else self.settings.final_abar
 
-    def eps(self, x: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: int, context: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The noise prediction at x; pooled: SDXL's pooled text rows (default: the prompt's)."""
         self.evaluations += x.shape[0]
         self.latent_tokens = x.shape[-2] * x.shape[-1]
         timestep = torch.full((x.shape[0],), float(t), device=x.device)
+        added = {}
+        if self.pooled is not None:  # SDXL: time_ids in diffusers' order (original h, w, crop top, left, target h, w)
+            h, w = x.shape[-2] * 8, x.shape[-1] * 8
+            time_ids = torch.tensor(self.time_ids or (h, w, 0, 0, h, w), dtype=x.dtype, device=x.device)
+            pooled = self.pooled if pooled is None else pooled
+            added["added_cond_kwargs"] = {"text_embeds": pooled.expand(x.shape[0], -1),
+                                          "time_ids": time_ids.expand(x.shape[0], -1)}
         with torch.no_grad():
-            return self.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample
+            out = self.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1), **added).sample
+        if self.settings.prediction == "v":
+            # v = sqrt(abar) eps - sqrt(1 - abar) x0 and x = sqrt(abar) x0 + sqrt(1 - abar) eps give
+            # eps = sqrt(abar) v + sqrt(1 - abar) x
+            a = float(self.abar[int(t)])
+            out = a ** 0.5 * out + (1 - a) ** 0.5 * x
+        return out
 
     def guided_eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Text classifier-free guidance of the inversion (uncond + cfg (cond - uncond))."""
         cfg = self.settings.inversion_cfg
         if cfg == 1.0:
             return self.eps(x, t, self.cond)
+        pooled = None if self.pooled is None else torch.cat([self.pooled.expand(x.shape[0], -1),
+                                                             self.uncond_pooled.expand(x.shape[0], -1)])
         both = self.eps(torch.cat([x, x]), t, torch.cat([self.cond.expand(x.shape[0], -1, -1),
-                                                          self.uncond.expand(x.shape[0], -1, -1)]))
+                                                          self.uncond.expand(x.shape[0], -1, -1)]), pooled)
         cond, uncond = both.chunk(2)
         return uncond + cfg * (cond - uncond)
 
@@ -216,24 +264,39 @@ class Reference:
             xs_struct, zs_struct = self.invert_ddpm(structure, fresh_structure)
         else:
             xs_app, xs_struct = self.invert_ddim(appearance), self.invert_ddim(structure)
-        x = torch.cat([xs_struct[s.skip], xs_app[s.skip], xs_struct[s.skip]])
+        x = [xs_struct[s.skip], xs_app[s.skip], xs_struct[s.skip]]  # OUT, APP, STRUCT
+        zs = [zs_struct, zs_app, zs_struct] if s.inversion == "ddpm" else None
         n = s.steps - s.skip
         scales = torch.linspace(s.guidance[0], s.guidance[1], n, dtype=torch.float64) if s.guidance else None
         for i in range(n):
             index, t = s.skip + i, self.timesteps[s.skip + i]
             self.step = i
             self.swap = True
-            eps_swap = self.eps(x, t, self.cond)
+            eps_swap = self.batch_eps(x, t)
             self.swap = False
-            eps_plain = self.eps(x, t, self.cond)
+            eps_plain = self.batch_eps(x, t)
             eps = eps_swap
             if scales is not None and i >= s.guidance[2]:
-                eps = eps_plain + float(scales[i]) * (eps_swap - eps_plain)
-            if s.inversion == "ddpm":
-                mean, var = self.ddpm_mean_var(x, eps, index)
-                x = mean + var ** 0.5 * torch.cat([zs_struct[index], zs_app[index], zs_struct[index]])
-            else:
-                x = self.ddim_step(x, eps, index, index + 1)
+                eps = [plain + float(scales[i]) * (swap - plain) for swap, plain in zip(eps_swap, eps_plain)]
+            for row in (OUT, APP, STRUCT):
+                if s.inversion == "ddpm":
+                    mean, var = self.ddpm_mean_var(x[row], eps[row], index)
+                    x[row] = mean + var ** 0.5 * zs[row][index]
+                else:
+                    x[row] = self.ddim_step(x[row], eps[row], index, index + 1)
             if s.adain_from is not None and s.adain_from <= i < s.adain_until:
-                x[OUT] = adain(x[OUT], x[APP], structure_mask, appearance_mask)
-        return x[OUT:OUT + 1]
+                x[OUT] = adain(x[OUT][0], x[APP][0], structure_mask, appearance_mask)[None]
+        return x[OUT]
+
+    def batch_eps(self, x: list, t: int) -> list:
+        """eps of the latents [output, appearance, structure]: one batch of three when their
+        sizes agree; else one latent per call, the appearance and the structure first, so that
+        the output's call finds their keys and values."""
+        if all(row.shape == x[OUT].shape for row in x):
+            return list(self.eps(torch.cat(x), t, self.cond).split(1))
+        eps = [None] * 3
+        for row in (APP, STRUCT, OUT):
+            self.alone = row
+            eps[row] = self.eps(x[row], t, self.cond)
+        self.alone = None
+        return eps

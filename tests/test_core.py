@@ -90,6 +90,10 @@ def test_key_value_sources(core):
         sources(6, 1, 1, 1, n_plain=2)
     with pytest.raises(ValueError, match="one structure row per output"):
         sources(4, 2, 1, 1, from_structure=True)
+    # appearances lent by another call: [out0, out1, str0, str1] x 2 chunks; source 8 + i is lent row i
+    assert sources(8, 2, 1, 2, lent=True) == (8, 8, 2, 3, 9, 9, 6, 7)
+    assert sources(8, 2, 2, 2, lent=True) == (8, 9, 2, 3, 10, 11, 6, 7)
+    assert sources(8, 2, 1, 2, from_structure=True, lent=True) == (2, 3, 2, 3, 6, 7, 6, 7)
 
 
 def test_structure_injection_steps_match_the_paper(core):
@@ -120,6 +124,13 @@ def test_cross_image_attention_routes_swapped_rows(core):
     out = core.cross_attention.cross_image_attention(q, k, v, (1, 1, 1, 3), plain, swapped)
     # rows 0 and 2 take row 1's keys and values through the swapped attention; 1 and 3 keep theirs
     assert out.flatten().tolist() == [-32, 32, -32, 36]
+    # keys and values lent by another call, with other token counts: rows 0 and 2 take lent rows 0 and 1
+    lent_k, lent_v = torch.full((2, 3, 1), 100.0), torch.full((2, 3, 1), 200.0)
+    lent_k[1] += 1
+    seen = []
+    out = core.cross_attention.cross_image_attention(
+        q, k, v, (4, 1, 5, 3), lambda q_, k_, v_: seen.append(k_.shape[1]) or q_ + k_.sum(1, keepdim=True), lent=(lent_k, lent_v))
+    assert seen == [1, 3] and out.flatten().tolist() == [300, 12, 305, 16]
     plan = core.cross_attention.row_plan
     assert plan((1, 1, 1, 3), torch.device("cpu")) is plan((1, 1, 1, 3), torch.device("cpu"))  # made once per layout
 
@@ -170,8 +181,9 @@ def test_inversion_pairing_errors(core):
     structure.check_pairs_with(_inversion(core), "structure", "appearance")
     with pytest.raises(ValueError, match="different models"):
         structure.check_pairs_with(_inversion(core, key="other"), "structure", "appearance")
-    with pytest.raises(ValueError, match="appearance latent is"):
-        structure.check_pairs_with(_inversion(core, shape=(1, 4, 8, 6)), "structure", "appearance")
+    structure.check_pairs_with(_inversion(core, shape=(1, 4, 13, 6)), "structure", "appearance")  # sizes may differ
+    with pytest.raises(ValueError, match="appearance latent 3: use latents of the same VAE"):
+        structure.check_pairs_with(_inversion(core, shape=(1, 3, 8, 8)), "structure", "appearance")
     with pytest.raises(ValueError, match="different schedules"):
         structure.check_pairs_with(_inversion(core, sigmas=(4.0, 0.0)), "structure", "appearance")
     with pytest.raises(ValueError, match="batch of 3"):
@@ -322,3 +334,38 @@ def test_paper_levels_translate_the_paper_grids_to_any_model_and_size(core):
     assert paper_levels(sd_factors, 64, 96) == (0, 1)     # 512x768: sqrt(64 * 96) = 78 and 39 a side
     assert core.levels.token_grid(9, 7, 2) == (5, 4) and core.levels.token_grid(16, 24, 4) == (4, 6)  # halving rounds up
     assert core.levels.grid_side(9, 7, 2) == math.sqrt(5 * 4)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 12), (4, 5, 7), (4, 16, 12), (4, 13, 30)])
+def test_packing_round_trips_latents_of_other_sizes(core, shape):
+    """An appearance latent of another size rides in the sampler batch as rows of the
+    structure's shape (8 x 12), channel by channel, zero-padded; unpack gives it back."""
+    row_shape = (4, 8, 12)
+    latents = torch.randn(2, *shape)
+    rows = core.packing.pack(latents, row_shape)
+    k = -(-shape[1] * shape[2] // 96)
+    assert rows.shape == (2 * k, *row_shape)
+    assert torch.equal(core.packing.unpack(rows, shape), latents)
+    # each channel's values stay in that channel (per-channel maps act on the right values)
+    assert torch.equal(rows[:k, 1].flatten()[:shape[1] * shape[2]], latents[0, 1].flatten())
+    assert int((rows != 0).sum()) == latents.numel()  # the rest is padding
+    if shape == row_shape:
+        assert rows is latents
+
+
+def test_packing_padding_stays_zero_through_the_retracing_steps(core, comfy_nodes):
+    """Zero padding with a zero prediction there stays zero through ComfyUI's Euler and DDPM
+    steps (what lets a latent of another size share the sampler batch)."""
+    import comfy.k_diffusion.sampling as k_sampling
+    rows = core.packing.pack(torch.randn(1, 4, 5, 7), (4, 8, 12))
+    padding = rows == 0
+
+    def model(x, sigma, **kwargs):  # a prediction that is zero where the input is
+        return x * 0.5
+
+    sigmas = torch.tensor([3.0, 1.5, 0.5, 0.0])
+    noise = lambda sigma, sigma_next: torch.randn_like(rows) * ~padding  # noqa: E731 (zero on the padding)
+    for sampler in (k_sampling.sample_euler, k_sampling.sample_ddpm):
+        extra = {"noise_sampler": noise} if sampler is k_sampling.sample_ddpm else {}
+        out = sampler(model, rows.clone(), sigmas, disable=True, **extra)
+        assert bool((out[padding] == 0).all()) and bool((out[~padding] != 0).all())

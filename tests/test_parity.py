@@ -37,11 +37,11 @@ def world(comfy_nodes):
 SEEDS = {"appearance": 1, "structure": 2}
 
 
-def fresh_draws(seed: int, s: Settings) -> torch.Tensor:
+def fresh_draws(seed: int, s: Settings, size=(HEIGHT, WIDTH)) -> torch.Tensor:
     """The DDPM inversion's independent draws for all steps: the skipped steps' draws are
     arbitrary (never used); the others are those the Invert (DDPM) node makes from its seed."""
-    used = torch.randn((s.steps - s.skip, 1, 4, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(seed))
-    unused = torch.randn((s.skip, 1, 4, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(1000 + seed))
+    used = torch.randn((s.steps - s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(seed))
+    unused = torch.randn((s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(1000 + seed))
     return torch.cat([unused, used])
 
 
@@ -106,6 +106,38 @@ def test_nodes_equal_the_reference(node, world, paper_run, name):
     ours = node_output(node, world, s, masked, inversions)
     assert ours.shape == expected.shape == (1, 4, HEIGHT, WIDTH)
     assert float(expected.std()) > 0.1  # a real latent, not a collapsed one
+    assert max_difference(ours, expected) < TOLERANCE, max_difference(ours, expected)
+
+
+# Structure and appearance of different sizes: the reference runs one latent per UNet call,
+# appearance and structure first, the output's swapped layers taking their keys and values.
+SHORT_DDPM = Settings(steps=20, skip=6, swap_from=2, structure_every=3, structure_until=8, guidance=(3.5, 1.75, 3),
+                      adain_from=4)  # 20 steps: ComfyUI's ddim_uniform gives the reference's timesteps (1000 / 20)
+OTHER_SIZES = {
+    "portrait_ddpm_masked": ((12, 8), SHORT_DDPM, True),  # as many tokens, other shape: one packed row
+    "larger_ddim": ((11, 15), SETTINGS["ddim_inversion_without_guidance"][0], False),  # two packed rows, odd sizes
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_SIZES))
+def test_appearance_of_another_size_equals_the_reference(node, world, name):
+    (height, width), s, masked = OTHER_SIZES[name]
+    appearance = torch.randn(1, 4, height, width, generator=torch.Generator().manual_seed(8))
+    appearance_mask = torch.zeros(height, width, dtype=torch.bool)
+    appearance_mask[2:9, 1:6] = True
+    masks = {"structure_mask": world["masks"][0], "appearance_mask": appearance_mask} if masked else {}
+    draws = {}
+    if s.inversion == "ddpm":
+        draws = {"fresh_appearance": fresh_draws(SEEDS["appearance"], s, (height, width)),
+                 "fresh_structure": fresh_draws(SEEDS["structure"], s)}
+    expected = Reference(world["twin"], s, world["cond"], world["uncond"]).transfer(
+        appearance, world["structure"], **draws, **masks)
+    other = {**world, "appearance": appearance}
+    ours = node_graph.transfer(node, world["model"], world["cond"], s, invert(node, other, s, "appearance"),
+                               invert(node, world, s, "structure"),
+                               (image_mask(world["masks"][0]), image_mask(appearance_mask)) if masked else None)
+    assert ours.shape == expected.shape == (1, 4, HEIGHT, WIDTH)
+    assert float(expected.std()) > 0.1
     assert max_difference(ours, expected) < TOLERANCE, max_difference(ours, expected)
 
 
