@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 import headless
@@ -80,3 +81,43 @@ def test_shipped_workflows_run_on_the_family(comfy_nodes, comfy_dirs, family_che
     assert max(rows for rows, _ in calls) >= 3  # the cross-image batch: output, appearance, structure
     if family == "sdxl":
         assert all(rows == y_rows for rows, y_rows in calls), calls[:5]
+
+
+def test_sdxl_appearance_of_another_size(comfy_nodes, comfy_dirs, sdxl_checkpoint, example_inputs, monkeypatch):
+    """The shipped SDXL workflow with an appearance image of another size and shape than the
+    structure: the output has the structure's size, and every model call on the appearance
+    (its inversion and its rows while sampling, in calls of their own) gets the size
+    embeddings of the appearance's own size, as plain CLIP Text Encode makes them."""
+    import comfy.model_base
+    appearance_size = (64, 160)  # width, height: latent 8 x 20 against the structure's 16 x 12
+    Image.open(comfy_dirs["input"] / "cross_image_appearance.png").resize(appearance_size).save(
+        comfy_dirs["input"] / "tall_appearance.png")
+    path = next(path for path in WORKFLOWS if "sdxl" in os.path.basename(path))
+    prompt = headless.workflow_to_prompt(json.load(open(path)), headless.node_definitions(comfy_nodes))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "LoadImage" and inputs["image"] == "cross_image_appearance.png":
+            inputs["image"] = "tall_appearance.png"
+        elif node["class_type"] == "CrossImageInvertDDPM":
+            inputs.update(steps=8, skip=2)  # 6 sampled steps: swaps from the second (0.15 of them)
+    calls = []
+    apply_model = comfy.model_base.BaseModel.apply_model
+
+    def recorded(self, x, *args, **kwargs):
+        calls.append((tuple(x.shape[-2:]), x.shape[0], kwargs["y"][:, -6 * 256:].clone()))
+        return apply_model(self, x, *args, **kwargs)
+    monkeypatch.setattr(comfy.model_base.BaseModel, "apply_model", recorded)
+
+    outputs = headless.Engine().run(prompt)
+    images = [image for out in outputs.values() for image in out.get("images", [])]
+    assert Image.open(comfy_dirs["output"] / images[0]["subfolder"] / images[0]["filename"]).size == IMAGE_SIZE
+    structure_latent = (IMAGE_SIZE[1] // 8, IMAGE_SIZE[0] // 8)
+    appearance_latent = (appearance_size[1] // 8, appearance_size[0] // 8)
+    assert {shape for shape, _, _ in calls} == {structure_latent, appearance_latent}
+    sizes = {}
+    for shape, rows, size_embedding in calls:
+        assert torch.equal(size_embedding, size_embedding[:1].expand(rows, -1))  # one size for all rows
+        assert torch.equal(sizes.setdefault(shape, size_embedding[0]), size_embedding[0])  # the same for the shape
+    assert not torch.equal(sizes[structure_latent], sizes[appearance_latent])
+    # while sampling: the appearance alone, the output rows (and structure, plain rows) in calls of their own
+    assert max(rows for shape, rows, _ in calls if shape == structure_latent) >= 2
