@@ -10,6 +10,7 @@ from ..core.guidance import guidance_scale, guide
 from ..core.packing import pack, unpack
 from ..core.schedule import in_step_range, injects_structure, step_index
 from .attention_patch import PLAN_KEY, CallPlan
+from .control_rows import control_on_outputs
 from .checks import latent_mask
 
 
@@ -140,8 +141,10 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
 
     def predict_rows(self, x, timestep, model_options, seed, conds, plan):
         """ComfyUI's guided prediction (CFGGuider.predict_noise) for the rows x, with these
-        conditions and the call's plan in transformer_options."""
-        options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan}}
+        conditions and the call's plan in transformer_options; controls act on the output rows
+        only (control_rows.py)."""
+        options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan},
+                   "model_function_wrapper": control_on_outputs(plan.layout, model_options.get("model_function_wrapper"))}
         return comfy.samplers.sampling_function(self.inner_model, x, timestep[:1].repeat(x.shape[0]),
                                                 conds.get("negative"), conds.get("positive"), self.cfg,
                                                 model_options=options, seed=seed)

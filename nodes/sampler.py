@@ -24,10 +24,11 @@ INVERSION_NAMES = {"ddim": "a DDIM inversion",
                    "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)"}
 
 
-# Conditioning that adds its own signal to every batch row the model runs (ControlNet, T2I
-# adapters, GLIGEN): in the Cross-Image Sampler's batch it would act on the appearance and
-# structure rows as well as the output.
-STEERING = {"control": "a ControlNet or T2I adapter", "gligen": "GLIGEN boxes"}
+# Conditioning that adds its own signal to every batch row the model runs, inside attention
+# where it cannot be kept to the output rows: in the Cross-Image Sampler's batch it would act on
+# the appearance and structure rows too. (ControlNets and T2I adapters are kept to the output
+# rows: control_rows.py.)
+STEERING = {"gligen": "GLIGEN boxes"}
 
 
 def noise_replay(row_inversions, schedule, row_shape):

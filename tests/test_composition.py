@@ -95,13 +95,65 @@ def test_a_replacement_that_wraps_ours_is_accepted(node, tiny_model, cond, pair)
     assert calls and torch.equal(out["samples"], expected["samples"])
 
 
-def test_conditioning_that_steers_every_row_is_refused(node, tiny_model, cond, pair):
-    """A ControlNet (or GLIGEN) on the prompt would act on the appearance and structure rows too."""
+def test_gligen_on_the_prompt_is_refused(node, tiny_model, cond, pair):
+    """GLIGEN acts inside attention on every row: it would steer the appearance latent too."""
     (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0", 0.0, 1.0)
-    controlled = [[cond[0][0], {**cond[0][1], "control": object()}]]
-    with pytest.raises(ValueError, match="positive: carries a ControlNet or T2I adapter, which would steer the "
+    boxed = [[cond[0][0], {**cond[0][1], "gligen": ("position", object(), [])}]]
+    with pytest.raises(ValueError, match="positive: carries GLIGEN boxes, which would steer the "
                                          "appearance and structure latents"):
-        node("CrossImageSampler").execute(patched, controlled, pair[0], "euler", 1.0)
+        node("CrossImageSampler").execute(patched, boxed, pair[0], "euler", 1.0)
+
+
+def tiny_controlnet(model, seed: int):
+    """A ComfyUI ControlNet for `model`'s UNet, random weights (no zero convolutions)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+    import tiny_models
+    config = {key: value for key, value in model.model.model_config.unet_config.items()
+              if key not in ("out_channels", "dtype", "device", "operations")}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                                     device=torch.device("cpu"), **config)
+    tiny_models.randomize_(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"), manual_cast_dtype=None)
+
+
+def test_a_controlnet_steers_the_output_rows_only(node, tiny_model, cond, pair, monkeypatch):
+    """A ControlNet on the prompt acts on the output rows: the UNet gets its residuals there and
+    zeros on the appearance and structure rows, whose predictions are exactly those of the run
+    without it (they never see the output), while the output changes."""
+    import comfy.model_base
+    structure, appearance = pair
+    hint = torch.rand(1, 3, *(8 * side for side in structure.trajectory.shape[-2:]), generator=torch.Generator().manual_seed(3))
+    controlled = [[cond[0][0], {**cond[0][1], "control": tiny_controlnet(tiny_model, 5).set_cond_hint(hint, 1.0, (0.0, 1.0))}]]
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 2, 1.0)
+    guidance = node("CrossImageAppearanceGuidance").execute(2.0, 1.5, 0.0)[0]
+    calls = []
+    apply_model = comfy.model_base.BaseModel.apply_model
+
+    def recorded(self, x, *args, **kwargs):
+        residuals = [r for rs in (kwargs.get("control") or {}).values() for r in rs if r is not None]
+        largest = torch.stack([r.flatten(1).abs().amax(1) for r in residuals]).amax(0) if residuals else None
+        out = apply_model(self, x, *args, **kwargs)  # (the UNet uses the residuals up)
+        calls.append((out, largest))
+        return out
+    monkeypatch.setattr(comfy.model_base.BaseModel, "apply_model", recorded)
+    runs = {}
+    for name, positive in (("plain", cond), ("controlled", controlled)):
+        calls.clear()
+        runs[name] = node("CrossImageSampler").execute(patched, positive, structure, "euler", 1.0, None, guidance)[0]
+        runs[name + " calls"] = list(calls)
+    assert len(runs["plain calls"]) == len(runs["controlled calls"]) == structure.steps
+    rows_seen = set()
+    for (plain, _), (out, residual) in zip(runs["plain calls"], runs["controlled calls"]):
+        # [output, appearance, structure (up to the last injection step), the output's plain copy (guidance)]
+        rows = out.shape[0]
+        rows_seen.add(rows)
+        others = list(range(1, rows - 1))  # the appearance and structure rows
+        assert bool((residual[[0, rows - 1]] > 0).all()) and bool((residual[others] == 0).all())
+        torch.testing.assert_close(out[others], plain[others], rtol=0, atol=1e-6)
+    assert rows_seen == {3, 4}
+    assert (runs["controlled"]["samples"] - runs["plain"]["samples"]).abs().max() > 1e-3
 
 
 def test_freeu_and_model_sampling_chained_before_the_pack(node, tiny_model, cond):
