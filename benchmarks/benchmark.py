@@ -10,6 +10,7 @@ Prints, ours vs reference and as ratios:
 
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
   bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16  # GPU: full SD1.5 UNet, random weights
+  bash benchmarks/run.sh --model sdxl --size 1024 --dtype fp16 # GPU: SDXL-family UNet (KOALA-1B layout)
 """
 import argparse
 import dataclasses
@@ -31,6 +32,15 @@ SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
     context_dim=768, num_heads=8, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
     use_linear_in_transformer=False, use_temporal_attention=False, use_temporal_resblock=False)
+# An SDXL-family UNet as ComfyUI detects KOALA-1B: SDXL's width, heads, context_dim 2048 and
+# vector conditioning (pooled text 1280 + 6 x 256 sizes), no attention at the finest level, one
+# res block a level (1.16 G parameters; SDXL's own, 2.6 G, does not fit twice in fp32 in 23 GB).
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
+    num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 4], transformer_depth=[0, 2, 6],
+    transformer_depth_output=[0, 0, 2, 2, 6, 6], transformer_depth_middle=6, context_dim=2048, num_heads=-1,
+    num_head_channels=64, use_spatial_transformer=True, legacy=False, adm_in_channels=2816, num_classes="sequential",
+    use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False)
 GIB = 2 ** 30
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
 
@@ -50,14 +60,19 @@ def measure(args):
     import comfy.model_management
     device = comfy.model_management.get_torch_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
-    unet = SD15_UNET if args.model == "sd15" else tiny_models.tiny_unet_config()
-    model = tiny_models.random_model(unet, device=device, dtype=dtype)
+    unet = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}.get(args.model) or tiny_models.tiny_unet_config()
+    model = tiny_models.random_model(unet, device=device, dtype=dtype, family="sdxl" if args.model == "sdxl" else "sd15")
     twin = diffusers_twin(model).to(device, dtype)
     latent = args.size // 8
     g = torch.Generator().manual_seed(0)
-    context_dim = model.model.model_config.unet_config["context_dim"]
-    cond, uncond = (torch.randn(1, 77, context_dim, generator=g) for _ in range(2))
+    config = model.model.model_config.unet_config
+    cond, uncond = (torch.randn(1, 77, config["context_dim"], generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    prompts, pooled = (cond, uncond), {}  # as the nodes take them; pooled: the reference's extra inputs
+    if args.model == "sdxl":  # SDXL's prompts carry a pooled text embedding too
+        pooled = {name: torch.randn(1, config["adm_in_channels"] - 6 * 256, generator=g)
+                  for name in ("pooled", "uncond_pooled")}
+        prompts = ([[cond, {"pooled_output": pooled["pooled"]}]], [[uncond, {"pooled_output": pooled["uncond_pooled"]}]])
     node = nodes.NODE_CLASS_MAPPINGS.__getitem__  # node("CrossImageSampler").execute(...)
     weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / GIB
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
@@ -79,14 +94,15 @@ def measure(args):
         counted = node_graph.counting(model)
 
         def run():
-            inversions = [node_graph.invert(node, counted, clean[name], cond, uncond, s, seed)
+            inversions = [node_graph.invert(node, counted, clean[name], *prompts, s, seed)
                           for seed, name in enumerate(("appearance", "structure"))]
-            return node_graph.transfer(node, counted, cond, s, *inversions)
+            return node_graph.transfer(node, counted, prompts[0], s, *inversions)
         seconds, peak, out = timed(run)
         return seconds, peak, sum(counted.evaluations), out
 
     def reference(s):
-        ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype))
+        ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype),
+                        **{name: p.to(device, dtype) for name, p in pooled.items()})
         draws = [torch.randn((s.steps, 1) + clean["structure"].shape[1:], generator=g).to(device, dtype) for _ in range(2)]
 
         def run():
@@ -96,6 +112,8 @@ def measure(args):
         return seconds, peak, ref.evaluations, out
 
     paper = scaled(Settings(), args.steps) if args.steps else Settings()
+    if args.model == "sdxl":  # no attention at latent/1: the paper's grids at 1024 px are latent/2 and /4
+        paper = dataclasses.replace(paper, grids=(2, 4))
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
     for label, s in settings.items():
         results = {}
@@ -183,7 +201,8 @@ def resident_kib(field: str) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl"), default="tiny",
+                        help="sdxl: an SDXL-family UNet (KOALA-1B layout), with pooled text and size conditioning")
     parser.add_argument("--size", type=int, default=256, help="image height in pixels (latent = size / 8)")
     parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")

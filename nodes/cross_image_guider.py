@@ -10,8 +10,8 @@ from ..core.guidance import guidance_scale, guide
 from ..core.packing import pack, unpack
 from ..core.schedule import in_step_range, injects_structure, step_index
 from .attention_patch import PLAN_KEY, CallPlan
-from .control_rows import control_on_outputs
 from .checks import latent_mask
+from .control_rows import control_on_outputs
 
 
 class CrossImageGuider(comfy.samplers.CFGGuider):
@@ -26,7 +26,7 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     latent_adain: after each step in its range, the output latents take the appearance
     latents' per-channel statistics. ComfyUI's samplers have no hook between steps, so this is
     applied, in place, to the latent handed to the next model call (the sampler continues
-    from it), and after the last step to the sampler's result. Made for one model call per step
+    from it), and after the last step to the sampler's result. Made for one prediction per step
     (the samplers sampler.RETRACING allows).
 
     appearance_shape: the appearance latents' (C, H, W). When it is not the structure's, the

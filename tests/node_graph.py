@@ -1,6 +1,7 @@
 """The transfer through the pack's nodes, set up from a reference.Settings (shared by the
 parity tests and the benchmark). `node(name)` gives an instance of a registered node class;
-latents are in model space (what the reference works on)."""
+latents are in model space (what the reference works on). Prompts (cond, uncond) are context
+tensors, or whole CONDITIONING lists where they carry more (SDXL's pooled_output)."""
 import math
 
 from reference import Settings
@@ -9,7 +10,7 @@ from reference import Settings
 def invert(node, model, clean, cond, uncond, s: Settings, seed: int):
     """Invert a clean model-space latent (1, C, H, W) with the Invert node `s` asks for."""
     latent = {"samples": clean / model.model.latent_format.scale_factor}
-    positive, negative = [[cond, {}]], [[uncond, {}]]
+    positive, negative = conditioning(cond), conditioning(uncond)
     if s.inversion == "ddpm":
         return node("CrossImageInvertDDPM").execute(model, latent, positive, s.steps, "ddim_uniform",
                                                    s.inversion_cfg, s.skip, seed, negative)[0]
@@ -18,20 +19,42 @@ def invert(node, model, clean, cond, uncond, s: Settings, seed: int):
                                                negative)[0]
 
 
-def levels(s: Settings) -> str:
-    """The reference's swapped grids (latent / 2^level) as levels of a UNet with attention at every decoder level."""
-    return ",".join(str(int(math.log2(grid))) for grid in s.grids)
+def conditioning(prompt):
+    """A CONDITIONING from a context tensor (nothing else in it), or the CONDITIONING given."""
+    return prompt if isinstance(prompt, list) else [[prompt, {}]]
+
+
+def levels(s: Settings, factors=None) -> str:
+    """The reference's swapped grids (latent / grid tokens a side) as the pack's levels: indices
+    into `factors`, the downsampling factors of the decoder levels with attention, finest first
+    (default: attention at every level, so level = log2(grid))."""
+    if factors is None:
+        return ",".join(str(int(math.log2(grid))) for grid in s.grids)
+    return ",".join(str(factors.index(grid)) for grid in s.grids)
+
+
+def attention_factors(model) -> list:
+    """Downsampling factors of the decoder levels with attention, finest first, from the UNet's
+    configuration (SD1.5: 1, 2, 4; SDXL: 2, 4, its finest level has none)."""
+    config = model.model.model_config.unet_config
+    depth, factors, start = config["transformer_depth_output"], [], 0
+    for level, blocks in enumerate(config["num_res_blocks"]):  # listed finest level first, blocks + 1 a level
+        if max(depth[start:start + blocks + 1]) > 0:
+            factors.append(2 ** level)
+        start += blocks + 1
+    return factors
 
 
 def transfer(node, model, cond, s: Settings, appearance, structure, masks=None):
     """Patch, set up and sample as a workflow wires the nodes; returns the model-space output.
-    Step numbers become fractions of the sampled steps; grids (latent / 2^level) become levels,
-    as on a UNet with attention at every decoder level. masks: image-size MASKs
+    Step numbers become fractions of the sampled steps; grids (latent / 2^level) become the
+    levels of the model's decoder attention (attention_factors). masks: image-size MASKs
     (structure, appearance) for latent AdaIN."""
     n = s.steps - s.skip
     contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
-    (patched,) = node("CrossImageAttention").execute(model, appearance, levels(s), s.swap_from / n, 1.0, contrast,
-                                                   s.structure_every, min(s.structure_until / n, 1.0))
+    (patched,) = node("CrossImageAttention").execute(model, appearance, levels(s, attention_factors(model)),
+                                                   s.swap_from / n, 1.0, contrast, s.structure_every,
+                                                   min(s.structure_until / n, 1.0))
     guidance = None
     if s.guidance is not None:
         guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
@@ -40,7 +63,7 @@ def transfer(node, model, cond, s: Settings, appearance, structure, masks=None):
         adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, min(s.adain_until / n, 1.0),
                                                        *(masks or (None, None)))[0]
     sampler = "ddpm" if s.inversion == "ddpm" else "euler"
-    (out,) = node("CrossImageSampler").execute(patched, [[cond, {}]], structure, sampler, 1.0, None, guidance, adain)
+    (out,) = node("CrossImageSampler").execute(patched, conditioning(cond), structure, sampler, 1.0, None, guidance, adain)
     return out["samples"].to(structure.trajectory) * model.model.latent_format.scale_factor
 
 
