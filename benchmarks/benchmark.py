@@ -2,10 +2,12 @@
 (tests/reference.py, the official algorithm's structure) on the same random-weight model.
 
 Prints, ours vs reference and as ratios:
-  - UNet batch items per transfer (counted by instrumenting the model call), at the paper's
-    defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
+  - UNet batch items and UNet calls per transfer (counted by instrumenting the model call), at
+    the paper's defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
   - wall time per transfer (both inversions and the sampling), median of --runs;
-  - on CUDA, peak GPU memory per transfer: one UNet's weights plus the run's working memory;
+  - peak working memory per transfer above the UNet's weights (CUDA: allocations; CPU: the
+    process's resident size, run through run.sh for honest figures);
+  - with --appearance-size, ours with an appearance of that size against a same-size one;
   - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
 
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
@@ -41,7 +43,7 @@ SDXL_UNET = dict(
     transformer_depth_output=[0, 0, 2, 2, 6, 6], transformer_depth_middle=6, context_dim=2048, num_heads=-1,
     num_head_channels=64, use_spatial_transformer=True, legacy=False, adm_in_channels=2816, num_classes="sequential",
     use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False)
-GIB = 2 ** 30
+GIB, MIB = 2 ** 30, 2 ** 20
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
 
 
@@ -68,6 +70,10 @@ def measure(args):
     config = model.model.model_config.unet_config
     cond, uncond = (torch.randn(1, 77, config["context_dim"], generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    if args.appearance_size:  # an appearance of another size; the same-size one is timed beside it
+        height, width = (int(side) // 8 for side in args.appearance_size.split("x"))
+        clean["same-size appearance"] = clean["appearance"]
+        clean["appearance"] = torch.randn(1, 4, height, width, generator=g)
     prompts, pooled = (cond, uncond), {}  # as the nodes take them; pooled: the reference's extra inputs
     if args.model == "sdxl":  # SDXL's prompts carry a pooled text embedding too
         pooled = {name: torch.randn(1, config["adm_in_channels"] - 6 * 256, generator=g)
@@ -76,57 +82,73 @@ def measure(args):
     node = nodes.NODE_CLASS_MAPPINGS.__getitem__  # node("CrossImageSampler").execute(...)
     weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / GIB
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
-          f"latent {tuple(clean['structure'].shape[2:])}, {args.dtype}, runs: {args.runs}")
+          f"latent {tuple(clean['structure'].shape[2:])}, appearance latent {tuple(clean['appearance'].shape[2:])}, "
+          f"{args.dtype}, runs: {args.runs}")
 
     def timed(run):
-        """(seconds, peak CUDA memory above what was allocated before, in bytes, or None on CPU, result)."""
+        """(seconds, peak memory above what was in use before, in bytes: CUDA allocations, or on
+        the CPU the process's resident size; result)."""
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
+        else:
+            before = reset_resident_peak()
         start = time.perf_counter()
         result = run()
         synchronize(device)
         seconds = time.perf_counter() - start
-        return seconds, torch.cuda.max_memory_allocated() - before if device.type == "cuda" else None, result
+        if device.type == "cuda":
+            return seconds, torch.cuda.max_memory_allocated() - before, result
+        return seconds, (resident_kib("VmHWM") - before) * 1024, result
 
-    def ours(s):
+    def ours(s, appearance="appearance"):
         counted = node_graph.counting(model)
 
         def run():
             inversions = [node_graph.invert(node, counted, clean[name], *prompts, s, seed)
-                          for seed, name in enumerate(("appearance", "structure"))]
+                          for seed, name in enumerate((appearance, "structure"))]
             return node_graph.transfer(node, counted, prompts[0], s, *inversions)
         seconds, peak, out = timed(run)
-        return seconds, peak, sum(counted.evaluations), out
+        return seconds, peak, (sum(counted.evaluations), len(counted.evaluations)), out
 
     def reference(s):
         ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype),
                         **{name: p.to(device, dtype) for name, p in pooled.items()})
-        draws = [torch.randn((s.steps, 1) + clean["structure"].shape[1:], generator=g).to(device, dtype) for _ in range(2)]
+        draws = [torch.randn((s.steps, 1) + clean[name].shape[1:], generator=g).to(device, dtype)
+                 for name in ("appearance", "structure")]
 
         def run():
             with torch.no_grad():
                 return ref.transfer(clean["appearance"].to(device, dtype), clean["structure"].to(device, dtype), *draws)
         seconds, peak, out = timed(run)
-        return seconds, peak, ref.evaluations, out
+        return seconds, peak, (ref.evaluations, ref.calls), out
 
     paper = scaled(Settings(), args.steps) if args.steps else Settings()
     if args.model == "sdxl":  # no attention at latent/1: the paper's grids at 1024 px are latent/2 and /4
         paper = dataclasses.replace(paper, grids=(2, 4))
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
+    runners = {"ours": ours, "reference": reference}
+    if args.appearance_size:
+        runners["ours, same-size appearance"] = lambda s: ours(s, "same-size appearance")
     for label, s in settings.items():
         results = {}
-        for name, run in (("ours", ours), ("reference", reference)):
+        for name, run in runners.items():
             runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
             results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2], runs[0][3])
-        t_ref, m_ref, e_ref, _ = results["reference"]
-        t, m, e, _ = results["ours"]
+        t_ref, m_ref, (e_ref, c_ref), _ = results["reference"]
+        t, m, (e, c), _ = results["ours"]
         print(f"{label:18s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
+        print(f"{label:18s} UNet calls        ours {c:5d}  reference {c_ref:5d}  ratio {c / c_ref:.3f}")
         print(f"{label:18s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
-        if m is not None:  # the UNet's weights are allocated before and counted apart
-            print(f"{label:18s} peak GiB, weights {weights:.2f} + working  ours {weights + m / GIB:6.2f}  "
-                  f"reference {weights + m_ref / GIB:6.2f}  ratio {(weights + m / GIB) / (weights + m_ref / GIB):.3f}")
+        # the UNet's weights are in memory before and counted apart
+        print(f"{label:18s} peak working MiB (weights {weights:.2f} GiB apart)  ours {m / MIB:8.1f}  "
+              f"reference {m_ref / MIB:8.1f}  ratio {m / m_ref:.3f}")
+        if args.appearance_size:
+            t_same, m_same, (e_same, c_same), _ = results["ours, same-size appearance"]
+            print(f"{label:18s} appearance of another size vs the same size (ours): items {e} vs {e_same}, "
+                  f"calls {c} vs {c_same}, seconds {t:.2f} vs {t_same:.2f}  ratio {t / t_same:.3f}, "
+                  f"working MiB {m / MIB:.1f} vs {m_same / MIB:.1f}")
     peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
     whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
     print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "
@@ -187,11 +209,16 @@ def attention_step(which: str, dtype: str):
         run(q, k, v)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # Linux: reset the peak resident size (VmHWM) to the current one
-    before = resident_kib("VmRSS")
+    before = reset_resident_peak()
     run(q, k, v)
     return (resident_kib("VmHWM") - before) / 1024
+
+
+def reset_resident_peak() -> int:
+    """Linux: reset the process's peak resident size (VmHWM) to the current one; returns it in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return resident_kib("VmRSS")
 
 
 def resident_kib(field: str) -> int:
@@ -208,6 +235,9 @@ def main():
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up run), at least 1")
     parser.add_argument("--steps", type=int, default=0, help="schedule length instead of the paper's 100 (quick checks)")
+    parser.add_argument("--appearance-size", metavar="HxW", default="",
+                        help="an appearance image of this size in pixels (e.g. 320x192); ours is also timed with a "
+                             "same-size appearance beside it")
     parser.add_argument("--attention-peak", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1:

@@ -145,7 +145,7 @@ class NaiveAttention:
 
 
 class Reference:
-    """Transfer with the paper's algorithm. `evaluations` counts UNet batch items."""
+    """Transfer with the paper's algorithm. `evaluations` counts UNet batch items, `calls` UNet calls."""
 
     def __init__(self, unet, settings: Settings, cond: torch.Tensor, uncond: Optional[torch.Tensor] = None,
                  pooled: Optional[torch.Tensor] = None, uncond_pooled: Optional[torch.Tensor] = None,
@@ -156,7 +156,7 @@ class Reference:
         self.pooled, self.uncond_pooled, self.time_ids = pooled, uncond_pooled, time_ids
         self.abar = sd15_alphas_cumprod()
         self.timesteps = leading_timesteps(settings.steps)
-        self.evaluations = 0
+        self.evaluations = self.calls = 0
         self.swap, self.step, self.latent_tokens = False, None, None
         self.alone, self.kept = None, {}  # the row a one-latent call runs; keys and values it left
         unet.set_attn_processor({name: NaiveAttention(self, name) for name in unet.attn_processors})
@@ -180,6 +180,7 @@ class Reference:
     def eps(self, x: torch.Tensor, t: int, context: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The noise prediction at x; pooled: SDXL's pooled text rows (default: the prompt's)."""
         self.evaluations += x.shape[0]
+        self.calls += 1
         self.latent_tokens = x.shape[-2] * x.shape[-1]
         timestep = torch.full((x.shape[0],), float(t), device=x.device)
         added = {}
