@@ -95,3 +95,26 @@ def test_sdxl_sizes_in_another_order_break_parity(run):
     height, width = HEIGHT * 8, WIDTH * 8
     wrong = reference_output(run.worlds["sdxl"], SETTINGS["sdxl"]["ddim"], time_ids=(width, height, 0, 0, width, height))
     assert max_difference(ours, wrong) > 50 * TOLERANCE, max_difference(ours, wrong)
+
+
+def test_sdxl_appearance_of_another_size_and_saved_inversions(run, node):
+    """An appearance latent of another shape (12x8 for the 8x12 structure) on the SDXL-shaped
+    model: the reference runs it in UNet calls of its own with its own size embeddings, and the
+    nodes agree; giving it the structure's sizes instead moves the output. The inversions,
+    saved and loaded again (Save/Load Inversion), give the same output bit for bit."""
+    run("sdxl", "ddim")  # makes the world
+    w = {**run.worlds["sdxl"], "appearance": torch.randn(1, 4, WIDTH, HEIGHT, generator=torch.Generator().manual_seed(7))}
+    s = SETTINGS["sdxl"]["ddim"]
+    inversions = [node_graph.invert(node, w["model"], w[image], w["cond"], w["uncond"], s, SEEDS[image])
+                  for image in ("appearance", "structure")]
+    ours = node_graph.transfer(node, w["model"], w["cond"], s, *inversions)
+    expected = reference_output(w, s)
+    assert max_difference(ours, expected) < TOLERANCE, max_difference(ours, expected)
+    height, width = HEIGHT * 8, WIDTH * 8
+    wrong = reference_output(w, s, time_ids=(height, width, 0, 0, height, width))
+    assert max_difference(ours, wrong) > 50 * TOLERANCE, max_difference(ours, wrong)
+    loaded = []
+    for index, inversion in enumerate(inversions):
+        entry = node("CrossImageSaveInversion").execute(inversion, f"sdxl/inversion_{index}").ui["inversions"][0]
+        loaded.append(node("CrossImageLoadInversion").execute(f"{entry['subfolder']}/{entry['filename']} [output]")[0])
+    assert torch.equal(node_graph.transfer(node, w["model"], w["cond"], s, *loaded), ours)
