@@ -6,7 +6,8 @@ Prints, ours vs reference and as ratios:
     the paper's defaults and at the cheapest faithful setting (paper defaults, inversion without CFG);
   - wall time per transfer (both inversions and the sampling), median of --runs;
   - peak working memory per transfer above the UNet's weights (CUDA: allocations; CPU: the
-    process's resident size, run through run.sh for honest figures);
+    process's resident size, only when run with MALLOC_MMAP_THRESHOLD_=65536, so that glibc
+    returns big blocks at once instead of keeping them; that slows the run, so time apart);
   - with --appearance-size, ours with an appearance of that size against a same-size one;
   - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
 
@@ -100,6 +101,8 @@ def measure(args):
         seconds = time.perf_counter() - start
         if device.type == "cuda":
             return seconds, torch.cuda.max_memory_allocated() - before, result
+        if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+            return seconds, None, result  # glibc's heap would hide what is freed and reused
         return seconds, (resident_kib("VmHWM") - before) * 1024, result
 
     def ours(s, appearance="appearance"):
@@ -142,13 +145,14 @@ def measure(args):
         print(f"{label:18s} UNet calls        ours {c:5d}  reference {c_ref:5d}  ratio {c / c_ref:.3f}")
         print(f"{label:18s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
         # the UNet's weights are in memory before and counted apart
-        print(f"{label:18s} peak working MiB (weights {weights:.2f} GiB apart)  ours {m / MIB:8.1f}  "
-              f"reference {m_ref / MIB:8.1f}  ratio {m / m_ref:.3f}")
+        if m is not None:
+            print(f"{label:18s} peak working MiB (weights {weights:.2f} GiB apart)  ours {m / MIB:8.1f}  "
+                  f"reference {m_ref / MIB:8.1f}  ratio {m / m_ref:.3f}")
         if args.appearance_size:
             t_same, m_same, (e_same, c_same), _ = results["ours, same-size appearance"]
+            memory = "" if m is None else f", working MiB {m / MIB:.1f} vs {m_same / MIB:.1f}"
             print(f"{label:18s} appearance of another size vs the same size (ours): items {e} vs {e_same}, "
-                  f"calls {c} vs {c_same}, seconds {t:.2f} vs {t_same:.2f}  ratio {t / t_same:.3f}, "
-                  f"working MiB {m / MIB:.1f} vs {m_same / MIB:.1f}")
+                  f"calls {c} vs {c_same}, seconds {t:.2f} vs {t_same:.2f}  ratio {t / t_same:.3f}{memory}")
     peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
     whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
     print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "
