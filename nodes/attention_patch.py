@@ -63,10 +63,8 @@ class CrossImageSelfAttention:
         # given contrast; the contrast needs the probabilities, so it is computed here.
         attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
                             attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
-        # the call's conditioning chunks, each named by its conditioning entry (the same in both calls)
-        layer = extra_options["block"], extra_options["block_index"]
-        chunks = list(zip(extra_options["uuids"], extra_options["cond_or_uncond"]))
         if plan.lend_to is not None:
+            layer, chunks = layer_and_chunks(extra_options)
             for chunk, keys, values in zip(chunks, k.chunk(len(chunks)), v.chunk(len(chunks))):
                 plan.lend_to[layer, chunk] = keys, values
         if not plan.swap:
@@ -76,10 +74,18 @@ class CrossImageSelfAttention:
             swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast)
         layout, lent = plan.layout, None
         if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
+            layer, chunks = layer_and_chunks(extra_options)
             lent = tuple(torch.cat([plan.lent[layer, chunk][i] for chunk in chunks]) for i in (0, 1))
         sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures,
                                     plan.from_structure, layout.n_plain, layout.appearances_lent)
         return cross_image_attention(q, k, v, sources, attention, swapped_attention, lent)
+
+
+def layer_and_chunks(extra_options) -> tuple:
+    """(this layer, the call's conditioning chunks in order), each chunk named by its
+    conditioning entry and cond/uncond, which two model calls of one step share."""
+    layer = extra_options["block"], extra_options["block_index"]
+    return layer, list(zip(extra_options["uuids"], extra_options["cond_or_uncond"]))
 
 
 def attn1_replacements(model) -> dict:
