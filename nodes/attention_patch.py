@@ -75,7 +75,8 @@ class CrossImageSelfAttention:
         layout, lent = plan.layout, None
         if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
             layer, chunks = layer_and_chunks(extra_options)
-            lent = tuple(torch.cat([plan.lent[layer, chunk][i] for chunk in chunks]) for i in (0, 1))
+            pairs = [plan.lent[layer, chunk] for chunk in chunks]
+            lent = pairs[0] if len(pairs) == 1 else tuple(torch.cat(part) for part in zip(*pairs))
         sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures,
                                     plan.from_structure, layout.n_plain, layout.appearances_lent)
         return cross_image_attention(q, k, v, sources, attention, swapped_attention, lent)

@@ -22,7 +22,7 @@ def control_on_outputs(layout, wrapped=None):
     def wrapper(apply_model, args):
         c = args["c"]
         if c.get("control") is not None:
-            keep = output_row_mask(layout, len(args["cond_or_uncond"]))
+            keep = output_row_mask(layout, len(args["cond_or_uncond"])).to(args["input"].device)
             c = {**c, "control": {name: [None if residual is None else residual * _rows(keep, residual)
                                          for residual in residuals]  # new lists: the UNet pops them
                                   for name, residuals in c["control"].items()}}
@@ -37,4 +37,4 @@ def _rows(keep: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     if residual.shape[0] != keep.shape[0]:
         raise ValueError(f"positive: a control gave {residual.shape[0]} rows of residuals for a batch of "
                          f"{keep.shape[0]}; the Cross-Image Sampler cannot keep them to the output")
-    return keep.to(residual).view(-1, *[1] * (residual.ndim - 1))
+    return keep.to(residual.dtype).view(-1, *[1] * (residual.ndim - 1))

@@ -39,6 +39,7 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         super().__init__(model_patcher)
         self.settings, self.layout, self.guidance, self.latent_adain = settings, layout, guidance, latent_adain
         self.appearance_shape, self.appearance_conds = tuple(appearance_shape), None
+        self.controlled = False  # whether the prompt carries a ControlNet or T2I adapter (inner_sample)
 
     def split(self, x):
         """(outputs, appearances at their own size, structures) of a sampler batch."""
@@ -50,7 +51,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
 
     def inner_sample(self, noise, latent_image, device, *args, **kwargs):
         """ComfyUI's, with the conditioning also made for the appearances' size when it differs
-        (SDXL's size embeddings, areas and masks depend on it)."""
+        (SDXL's size embeddings, areas and masks depend on it), and noting whether it carries
+        controls."""
+        self.controlled = any("control" in entry for entries in self.conds.values() for entry in entries)
         if self.appearance_shape != tuple(noise.shape[1:]):
             conds = {name: [dict(entry) for entry in entries] for name, entries in self.conds.items()}
             appearance = noise.new_zeros((self.layout.n_appearances,) + self.appearance_shape)
@@ -124,18 +127,18 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         plan = CallPlan(step=index, layout=replace(layout, n_structures=len(structures), n_plain=len(plains),
                                                    appearances_lent=own_call),
                         swap=swapping, from_structure=from_structure, contrast=s.contrast, lent=lent)
-        parts = [outputs, structures, plains]
         if own_call:  # the appearances alone, at their size, lending their keys and values
             appearances = self.predict_rows(appearances, timestep, model_options, seed, self.appearance_conds,
                                             replace(plan, layout=replace(layout, n_outputs=0, n_structures=0),
                                                     swap=False, from_structure=False, lent=None, lend_to=lent))
+            parts = [outputs, structures, plains]
         else:
-            parts.insert(1, appearances)
+            parts = [outputs, appearances, structures, plains]
         out = self.predict_rows(torch.cat(parts), timestep, model_options, seed, self.conds, plan)
-        out = list(out.split([len(part) for part in parts]))
+        out = out.split([len(part) for part in parts])
+        outputs, structures, plains = (out[0], *out[-2:])
         if not own_call:
-            appearances = out.pop(1)
-        outputs, structures, plains = out
+            appearances = out[1]
         swap = self.join(outputs, appearances, structures if len(structures) else outputs[:layout.n_structures])
         return swap, plains if plain else None
 
@@ -143,8 +146,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         """ComfyUI's guided prediction (CFGGuider.predict_noise) for the rows x, with these
         conditions and the call's plan in transformer_options; controls act on the output rows
         only (control_rows.py)."""
-        options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan},
-                   "model_function_wrapper": control_on_outputs(plan.layout, model_options.get("model_function_wrapper"))}
+        options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan}}
+        if self.controlled:
+            options["model_function_wrapper"] = control_on_outputs(plan.layout, model_options.get("model_function_wrapper"))
         return comfy.samplers.sampling_function(self.inner_model, x, timestep[:1].repeat(x.shape[0]),
                                                 conds.get("negative"), conds.get("positive"), self.cfg,
                                                 model_options=options, seed=seed)

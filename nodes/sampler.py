@@ -35,9 +35,12 @@ def noise_replay(row_inversions, schedule, row_shape):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does,
     packed as the batch is (core/packing.py: zero on the padding)."""
+    steps = schedule.shape[0] - 1
+    noise = torch.cat([pack(inversion.noise.flatten(0, 1), row_shape).reshape(steps, -1, *row_shape)
+                       for inversion in row_inversions], dim=1)
+
     def replay(sigma, sigma_next):
-        step = step_index(schedule, float(sigma))
-        return torch.cat([pack(inversion.noise[step], row_shape) for inversion in row_inversions]).to(sigma.device)
+        return noise[step_index(schedule, float(sigma))].to(sigma.device)
     return replay
 
 
