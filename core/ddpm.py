@@ -25,14 +25,14 @@ def ddpm_posterior(x_vp: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_ne
 
 
 def edit_friendly_invert(denoise: Denoiser, clean: torch.Tensor, sigmas: torch.Tensor,
-                         generator: torch.Generator, callback=None) -> Tuple[torch.Tensor, torch.Tensor]:
+                         fresh: torch.Tensor, callback=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Trajectory (len(sigmas), *clean.shape) and noise maps (len(sigmas) - 1, *clean.shape)
-    along the descending `sigmas` (all of them above 0 except possibly the last).
+    along the descending `sigmas` (all of them above 0 except possibly the last); `fresh`
+    (len(sigmas) - 1, *clean.shape) holds the independent standard normal draws.
 
     The last step has no noise (z = 0), so the trajectory ends at that step's mean, as in the
     paper's code. callback(k, denoised, x) after each step."""
     n = sigmas.shape[0] - 1
-    fresh = torch.randn((n,) + tuple(clean.shape), generator=generator, dtype=torch.float32)
     samples = [clean + float(sigmas[i]) * fresh[i].to(clean) for i in range(n)] + [clean]
     trajectory, noise = [samples[0]], []
     for i in range(n):

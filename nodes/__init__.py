@@ -7,6 +7,7 @@ from .appearance_guidance import CrossImageAppearanceGuidance
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
 from .invert_ddpm import CrossImageInvertDDPM
+from .invert_pair import CrossImageInvertPairDDIM, CrossImageInvertPairDDPM
 from .latent_adain import CrossImageLatentAdaIN
 from .inversion_files import CrossImageLoadInversion, CrossImageSaveInversion
 from .sampler import CrossImageSampler
@@ -15,6 +16,8 @@ from .self_segmentation import CrossImageSelfSegmentation
 NODES = [
     CrossImageInvertDDIM,
     CrossImageInvertDDPM,
+    CrossImageInvertPairDDIM,
+    CrossImageInvertPairDDPM,
     CrossImageAttention,
     CrossImageAttentionContrast,
     CrossImageSampler,

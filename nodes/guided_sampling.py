@@ -35,17 +35,43 @@ def run_sampler(guider, sampler, sigmas: torch.Tensor, start: torch.Tensor) -> t
     return samples.to(comfy.model_management.intermediate_device())
 
 
-def run_inversion(model, latent: dict, positive, negative, cfg: float, schedule: torch.Tensor, invert):
-    """Invert a VAE latent through ComfyUI's sampling machinery.
+def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule: torch.Tensor, invert) -> list:
+    """Invert VAE latents through ComfyUI's sampling machinery: the latents of one shape
+    together, in the same model calls (a UNet call on a few latents costs about what a call on
+    one does), those of other shapes in calls of their own.
 
-    invert(denoise, clean, report) computes (trajectory, noise maps or None) along `schedule`;
-    denoise(x, sigma) is the guided model, report(k, denoised, x) drives the progress bar and
-    previews. It runs as a ComfyUI sampler function, handed the schedule flipped (ascending) so
-    that ComfyUI starts it from the clean latent without adding noise.
-    Returns (trajectory, noise, noisy LATENT), the tensors on ComfyUI's intermediate device."""
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    if samples.ndim != 4:
-        raise ValueError(f"latent: expected an image latent (batch, channels, height, width), got shape {tuple(samples.shape)}")
+    invert(denoise, parts, report) computes (trajectory, noise maps or None) of the batch
+    torch.cat(parts) along `schedule`; denoise(x, sigma) is the guided model, report(k,
+    denoised, x) drives the progress bar and previews. It runs as a ComfyUI sampler function,
+    handed the schedule flipped (ascending) so that ComfyUI starts it from the clean latent
+    without adding noise.
+    Returns (trajectory, noise, noisy LATENT) for each latent, the tensors on ComfyUI's
+    intermediate device. latents: {input name: LATENT}, the names for errors."""
+    cleans = []
+    for name, latent in latents.items():
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        if samples.ndim != 4:
+            raise ValueError(f"{name}: expected an image latent (batch, channels, height, width), got shape "
+                             f"{tuple(samples.shape)}")
+        cleans.append(model.model.process_latent_in(samples.float()))
+    results = [None] * len(cleans)
+    for shape in dict.fromkeys(tuple(clean.shape[1:]) for clean in cleans):
+        members = [i for i, clean in enumerate(cleans) if tuple(clean.shape[1:]) == shape]
+        parts = [cleans[i] for i in members]
+        trajectory, noise, noisy = invert_batch(model, parts, positive, negative, cfg, schedule, invert)
+        sizes = [len(part) for part in parts]
+        for i, t, z, x in zip(members, trajectory.split(sizes, 1), split_or_none(noise, sizes), noisy.split(sizes)):
+            results[i] = t, z, {"samples": x}
+    return results
+
+
+def split_or_none(t, sizes):
+    return [None] * len(sizes) if t is None else t.split(sizes, 1)
+
+
+def invert_batch(model, parts, positive, negative, cfg, schedule, invert):
+    """(trajectory, noise or None, noisy latent) of the latents `parts` (model space, one
+    shape) inverted as one batch (run_inversion)."""
     guider = make_guider(model, positive, negative, cfg)
     record = {}
 
@@ -61,12 +87,11 @@ def run_inversion(model, latent: dict, positive, negative, cfg: float, schedule:
             if callback is not None:
                 callback({"i": k, "denoised": denoised, "x": x_now})
 
-        record["trajectory"], record["noise"] = invert(denoise, x, report)
+        # the sampler hands back torch.cat(parts) on the model's device
+        record["trajectory"], record["noise"] = invert(denoise, list(x.split([len(p) for p in parts])), report)
         return record["trajectory"][0]
 
-    clean = model.model.process_latent_in(samples.float())
-    noisy = run_sampler(guider, comfy.samplers.KSAMPLER(sampler_function), schedule.flip(0), clean)
+    noisy = run_sampler(guider, comfy.samplers.KSAMPLER(sampler_function), schedule.flip(0), torch.cat(parts))
     device = comfy.model_management.intermediate_device()
     noise = record["noise"]
-    return (record["trajectory"].float().to(device), None if noise is None else noise.float().to(device),
-            {"samples": noisy})
+    return record["trajectory"].float().to(device), None if noise is None else noise.float().to(device), noisy

@@ -1,5 +1,6 @@
 """Invert (DDIM): noise a VAE latent back along a sampling schedule, keeping every step."""
 import comfy.samplers
+import torch
 
 from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
@@ -51,12 +52,20 @@ class CrossImageInvertDDIM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, positive, steps, scheduler, cfg, negative=None):
+        ((inversion, noisy),) = cls.invert(model, {"latent": latent}, positive, steps, scheduler, cfg, negative)
+        return io.NodeOutput(inversion, noisy)
+
+    @classmethod
+    def invert(cls, model, latents, positive, steps, scheduler, cfg, negative=None) -> list:
+        """[(Inversion, noisy LATENT)] of each of `latents` ({input name: LATENT}), those of one
+        shape in the same model calls (guided_sampling.run_inversion)."""
         cfg = require_number("cfg", cfg, 0.0, 100.0)
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)
-        trajectory, _, noisy = run_inversion(
-            model, latent, positive, negative, cfg, sigmas,
-            lambda denoise, clean, report: (ddim_invert(denoise, clean, sigmas, floor, report), None))
-        return io.NodeOutput(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model), method="ddim"),
-                             noisy)
+        results = run_inversion(
+            model, latents, positive, negative, cfg, sigmas,
+            lambda denoise, parts, report: (ddim_invert(denoise, torch.cat(parts), sigmas, floor, report), None))
+        key = model_key(model)
+        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method="ddim"), noisy)
+                for trajectory, _, noisy in results]

@@ -34,6 +34,15 @@ class CrossImageInvertDDPM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, positive, steps, scheduler, cfg, skip, seed, negative=None):
+        ((inversion, noisy),) = cls.invert(model, {"latent": latent}, positive, steps, scheduler, cfg, skip, seed,
+                                           negative)
+        return io.NodeOutput(inversion, noisy)
+
+    @classmethod
+    def invert(cls, model, latents, positive, steps, scheduler, cfg, skip, seed, negative=None) -> list:
+        """[(Inversion, noisy LATENT)] of each of `latents` ({input name: LATENT}), those of one
+        shape in the same model calls (guided_sampling.run_inversion). Each latent draws its
+        noise from its own generator seeded with `seed`: inverted together or apart, the same."""
         cfg = require_number("cfg", cfg, 0.0, 100.0)
         sampling = model.get_model_object("model_sampling")
         schedule = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
@@ -42,10 +51,12 @@ class CrossImageInvertDDPM(io.ComfyNode):
             raise ValueError(f"skip: must be less than the {schedule.shape[0] - 1} steps the {scheduler} scheduler "
                              f"gives for steps={steps}, got {skip}")
         sigmas = schedule[skip:]
-        generator = torch.Generator().manual_seed(seed)
-        trajectory, noise, noisy = run_inversion(
-            model, latent, positive, negative, cfg, sigmas,
-            lambda denoise, clean, report: edit_friendly_invert(denoise, clean, sigmas, generator, report))
-        inversion = Inversion(sigmas=sigmas, trajectory=trajectory, model_key=model_key(model),
-                              method="ddpm", noise=noise)
-        return io.NodeOutput(inversion, noisy)
+        steps = sigmas.shape[0] - 1
+
+        def invert(denoise, parts, report):
+            fresh = torch.cat([torch.randn((steps,) + tuple(part.shape), generator=torch.Generator().manual_seed(seed))
+                               for part in parts], dim=1)
+            return edit_friendly_invert(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report)
+        key = model_key(model)
+        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method="ddpm", noise=noise), noisy)
+                for trajectory, noise, noisy in run_inversion(model, latents, positive, negative, cfg, sigmas, invert)]

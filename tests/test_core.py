@@ -277,8 +277,8 @@ def test_edit_friendly_inversion_lands_on_its_draws(core):
     denoise = lambda x, s: x / (1 + s * s)  # noqa: E731
     sigmas = torch.tensor([5.0, 2.0, 0.5, 0.0])
     clean = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
-    trajectory, noise = core.ddpm.edit_friendly_invert(denoise, clean, sigmas, torch.Generator().manual_seed(1))
     draws = torch.randn((3, 2, 3), generator=torch.Generator().manual_seed(1))
+    trajectory, noise = core.ddpm.edit_friendly_invert(denoise, clean, sigmas, draws)
     for i in range(3):
         assert torch.allclose(trajectory[i], clean + sigmas[i] * draws[i], atol=1e-5)
     x = trajectory[0]

@@ -16,6 +16,8 @@ CORE_TYPES = {"MODEL", "CLIP", "VAE", "LATENT", "CONDITIONING", "IMAGE", "MASK",
 ADVANCED_INPUTS = {
     "CrossImageInvertDDIM": {"scheduler"},
     "CrossImageInvertDDPM": {"scheduler", "skip", "seed"},
+    "CrossImageInvertPairDDIM": {"scheduler"},
+    "CrossImageInvertPairDDPM": {"scheduler", "skip", "seed"},
     "CrossImageAttention": {"start", "end", "structure_every", "structure_until"},
     "CrossImageAppearanceGuidance": {"end_scale", "start"},
     "CrossImageLatentAdaIN": {"end"},
@@ -41,7 +43,7 @@ def inputs_of(cls):
 
 def test_nodes_are_v3_and_registered_through_the_extension(ours, pack):
     from comfy_api.latest import io
-    assert len(ours) == len(pack.nodes.NODES) == 11
+    assert len(ours) == len(pack.nodes.NODES) == 13
     assert all(issubclass(cls, io.ComfyNode) for cls in ours.values())
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would take the V1 path instead
 
