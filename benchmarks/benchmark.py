@@ -8,11 +8,16 @@ Prints, ours vs reference and as ratios:
   - peak working memory per transfer above the UNet's weights (CUDA: allocations; CPU: the
     process's resident size, only when run with MALLOC_MMAP_THRESHOLD_=65536, so that glibc
     returns big blocks at once instead of keeping them; that slows the run, so time apart);
+  - each speed-up on its own, against ours without it: the images inverted apart (two Invert
+    nodes instead of Invert Pair), the contrast in the least chunks instead of chunks from the
+    free memory (and with --compile, ours under ComfyUI's TorchCompileModel);
+  - with --structures, one appearance onto N structures in one run: time per image;
   - with --appearance-size, ours with an appearance of that size against a same-size one;
-  - peak memory of one decoder attention step at 4096 tokens (a 64x64 latent), contrast on.
+  - one decoder attention step at 4096 tokens (a 64x64 latent), contrast on: peak memory and
+    time, chunks from the free memory and the least chunks; and the patch's own cost per layer.
 
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
-  bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16  # GPU: full SD1.5 UNet, random weights
+  bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16 --structures 1,4,8  # GPU: full SD1.5 UNet
   bash benchmarks/run.sh --model sdxl --size 1024 --dtype fp16 # GPU: SDXL-family UNet (KOALA-1B layout)
 """
 import argparse
@@ -61,6 +66,8 @@ def measure(args):
     folder = tempfile.mkdtemp(prefix="cia-benchmark-")
     nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
     import comfy.model_management
+    pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
+    structures = [int(n) for n in args.structures.split(",")] if args.structures else []
     device = comfy.model_management.get_torch_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     unet = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}.get(args.model) or tiny_models.tiny_unet_config()
@@ -71,6 +78,7 @@ def measure(args):
     config = model.model.model_config.unet_config
     cond, uncond = (torch.randn(1, 77, config["context_dim"], generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    clean["more structures"] = torch.randn(max(structures + [1]) - 1, 4, latent, latent * args.aspect // 2, generator=g)
     if args.appearance_size:  # an appearance of another size; the same-size one is timed beside it
         height, width = (int(side) // 8 for side in args.appearance_size.split("x"))
         clean["same-size appearance"] = clean["appearance"]
@@ -105,15 +113,31 @@ def measure(args):
             return seconds, None, result  # glibc's heap would hide what is freed and reused
         return seconds, (resident_kib("VmHWM") - before) * 1024, result
 
-    def ours(s, appearance="appearance"):
-        counted = node_graph.counting(model)
+    def ours(s, appearance="appearance", structures=1, pair=True, patcher=model):
+        """One transfer through the nodes: the images inverted by Invert Pair (`pair`) or by two
+        Invert nodes (the same seed: the same inversions), one appearance onto `structures`."""
+        counted = node_graph.counting(patcher)
+        structure = torch.cat([clean["structure"], clean["more structures"][:structures - 1]])
 
         def run():
-            inversions = [node_graph.invert(node, counted, clean[name], *prompts, s, seed)
-                          for seed, name in enumerate((appearance, "structure"))]
-            return node_graph.transfer(node, counted, prompts[0], s, *inversions)
+            if pair:
+                inverted, appearing = node_graph.invert_pair(node, counted, structure, clean[appearance], *prompts, s, 0)
+            else:
+                appearing, inverted = (node_graph.invert(node, counted, latent, *prompts, s, 0)
+                                       for latent in (clean[appearance], structure))
+            return node_graph.transfer(node, counted, prompts[0], s, appearing, inverted)
         seconds, peak, out = timed(run)
         return seconds, peak, (sum(counted.evaluations), len(counted.evaluations)), out
+
+    def least_chunks(s):
+        """Ours with the contrast in chunks of the least budget, whatever the free memory."""
+        guider = pack.nodes.cross_image_guider
+        chosen = guider.budget_from_free_memory
+        guider.budget_from_free_memory = lambda free_bytes: pack.core.contrast.LEAST_BUDGET
+        try:
+            return ours(s)
+        finally:
+            guider.budget_from_free_memory = chosen
 
     def reference(s):
         ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype),
@@ -131,16 +155,20 @@ def measure(args):
     if args.model == "sdxl":  # no attention at latent/1: the paper's grids at 1024 px are latent/2 and /4
         paper = dataclasses.replace(paper, grids=(2, 4))
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
-    runners = {"ours": ours, "reference": reference}
+    runners = {"ours": ours, "reference": reference, "ours, images inverted apart": lambda s: ours(s, pair=False),
+               "ours, least contrast chunks": least_chunks}
+    if args.compile:
+        compiled = node("TorchCompileModel").execute(model, "inductor")[0]
+        runners["ours, TorchCompileModel"] = lambda s: ours(s, patcher=compiled)
     if args.appearance_size:
         runners["ours, same-size appearance"] = lambda s: ours(s, "same-size appearance")
     for label, s in settings.items():
         results = {}
         for name, run in runners.items():
-            runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up
+            runs = [run(s) for _ in range(args.runs + 1)][1:]  # the first run warms up (and compiles)
             results[name] = (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2], runs[0][3])
         t_ref, m_ref, (e_ref, c_ref), _ = results["reference"]
-        t, m, (e, c), _ = results["ours"]
+        t, m, (e, c), out = results["ours"]
         print(f"{label:18s} UNet batch items  ours {e:5d}  reference {e_ref:5d}  ratio {e / e_ref:.3f}")
         print(f"{label:18s} UNet calls        ours {c:5d}  reference {c_ref:5d}  ratio {c / c_ref:.3f}")
         print(f"{label:18s} seconds/transfer  ours {t:7.2f}  reference {t_ref:7.2f}  ratio {t / t_ref:.3f}")
@@ -148,16 +176,49 @@ def measure(args):
         if m is not None:
             print(f"{label:18s} peak working MiB (weights {weights:.2f} GiB apart)  ours {m / MIB:8.1f}  "
                   f"reference {m_ref / MIB:8.1f}  ratio {m / m_ref:.3f}")
+        for name in [name for name in results if name.startswith("ours, ") and "same-size" not in name]:
+            t_other, m_other, (e_other, c_other), out_other = results[name]
+            memory = "" if m is None else f", working MiB {m_other / MIB:.1f} vs {m / MIB:.1f}"
+            print(f"{label:18s} {name[6:]} vs ours: calls {c_other} vs {c}, seconds {t_other:.2f} vs {t:.2f}  "
+                  f"ratio {t_other / t:.3f}{memory}, output max |difference| {float((out_other - out).abs().max()):.1e}")
         if args.appearance_size:
             t_same, m_same, (e_same, c_same), _ = results["ours, same-size appearance"]
             memory = "" if m is None else f", working MiB {m / MIB:.1f} vs {m_same / MIB:.1f}"
             print(f"{label:18s} appearance of another size vs the same size (ours): items {e} vs {e_same}, "
                   f"calls {c} vs {c_same}, seconds {t:.2f} vs {t_same:.2f}  ratio {t / t_same:.3f}{memory}")
-    peaks = {name: attention_peak(name, args.dtype) for name in ("ours", "reference")}
-    whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / 2 ** 20  # the output row's float32 probabilities
-    print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, peak MiB  ours {peaks['ours']:.1f}  "
-          f"reference {peaks['reference']:.1f}  ratio {peaks['ours'] / peaks['reference']:.3f}")
-    print(f"attention step: ours / one whole attention map ({whole_map:.0f} MiB)  ratio {peaks['ours'] / whole_map:.3f}")
+        if label == "paper defaults":
+            for n in structures:
+                t_n = statistics.median(ours(s, structures=n)[0] for _ in range(args.runs))
+                print(f"{label:18s} one appearance onto {n} structures: seconds per image  ours {t_n / n:7.2f}  "
+                      f"reference {t_ref:7.2f}  ratio {t_n / n / t_ref:.3f}  (ours for one: {t:.2f})")
+    for which in ("ours", "ours, least chunks", "reference"):
+        peak, seconds = attention_step_cost(which, args.dtype)
+        whole_map = ATTENTION["heads"] * ATTENTION["tokens"] ** 2 * 4 / MIB  # the output row's float32 probabilities
+        print(f"attention step, {ATTENTION['tokens']} tokens, contrast 1.67, {which:18s} peak MiB {peak:8.1f} "
+              f"({peak / whole_map:.3f} of one whole map, {whole_map:.0f} MiB)  ms {seconds * 1000:8.1f}")
+    patched, alone = patch_cost(pack, device, dtype)
+    print(f"patched layer, no contrast, 2 rows x 64 tokens: us per call  patch {patched * 1e6:.1f}  "
+          f"ComfyUI's attention alone {alone * 1e6:.1f}  (the patch's own work: {(patched - alone) * 1e6:.1f})")
+
+
+def patch_cost(pack, device, dtype, calls: int = 2000):
+    """Seconds per call of a patched attn1 layer (a swapping plan, no contrast) and of ComfyUI's
+    attention on the same small inputs alone: what the patch adds per layer in Python and kernels."""
+    import comfy.ldm.modules.attention as comfy_attention
+    patch = pack.nodes.attention_patch
+    q, k, v = (torch.randn(2, 64, 320, device=device, dtype=dtype) for _ in range(3))
+    options = {"n_heads": 8, patch.PLAN_KEY: patch.CallPlan(step=0, layout=patch.BatchLayout(1, 1), swap=True)}
+    replacement = patch.CrossImageSelfAttention()
+    timings = []
+    for run in (lambda: replacement(q, k, v, options), lambda: comfy_attention.optimized_attention(q, k, v, heads=8)):
+        run()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        synchronize(device)
+        timings.append((time.perf_counter() - start) / calls)
+    return timings
 
 
 def scaled(s, steps: int):
@@ -169,19 +230,20 @@ def scaled(s, steps: int):
                                guidance=s.guidance[:2] + (at(s.guidance[2]),), adain_from=at(s.adain_from))
 
 
-def attention_peak(which: str, dtype: str) -> float:
-    """Peak memory (MiB) above the inputs of one decoder attention step on the batch
-    [output, appearance, structure], each in a fresh process (CPU: the process's peak resident
-    size above its size before the step; CUDA: torch's peak allocation)."""
+def attention_step_cost(which: str, dtype: str) -> tuple:
+    """(peak memory in MiB above the inputs, seconds) of one decoder attention step on the batch
+    [output, appearance, structure], in a fresh process (CPU: the process's peak resident size
+    above its size before the step; CUDA: torch's peak allocation)."""
     # glibc keeps freed blocks below its (growing) mmap threshold in the heap, which would make
     # the resident size overstate what is live; a fixed threshold returns big blocks at once
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, __file__, "--attention-peak", which, "--dtype", dtype],
+    out = subprocess.run([sys.executable, __file__, "--attention-step", which, "--dtype", dtype],
                          check=True, capture_output=True, text=True, env=env).stdout
-    return float(out.strip().splitlines()[-1])
+    peak, seconds = out.strip().splitlines()[-1].split()
+    return float(peak), float(seconds)
 
 
-def attention_step(which: str, dtype: str):
+def attention_step(which: str, dtype: str) -> str:
     from functools import partial
     import headless
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
@@ -189,33 +251,43 @@ def attention_step(which: str, dtype: str):
     args.use_pytorch_cross_attention = True  # rows without contrast: PyTorch SDPA, ComfyUI's choice on NVIDIA
     headless.start_comfyui(os.environ["COMFYUI_PATH"])
     import comfy.ldm.modules.attention as comfy_attention
+    import comfy.model_management
     from reference import APP, NaiveAttention
     pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = comfy.model_management.get_torch_device()
     kind = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     heads, tokens, inner = ATTENTION["heads"], ATTENTION["tokens"], ATTENTION["inner"]
     sources = pack.core.cross_attention.key_value_sources(3, 1, 1, 1)
     attention = partial(comfy_attention.optimized_attention, heads=heads)
-    contrast = partial(pack.core.contrast.contrast_attention, heads=heads, strength=1.67)
+    contrast = pack.core.contrast
+    budget = contrast.LEAST_BUDGET  # "ours, least chunks"; "ours": what the guider gives a call
+    if which == "ours":
+        budget = contrast.budget_from_free_memory(comfy.model_management.get_free_memory(device))
+    swapped = partial(contrast.contrast_attention, heads=heads, strength=1.67, budget_elements=budget)
 
     def run(q, k, v):
-        if which == "ours":
-            return pack.core.cross_attention.cross_image_attention(q, k, v, sources, attention, contrast)
-        return NaiveAttention.attend(q, k, v, heads, APP, 1.67)
+        if which == "reference":
+            return NaiveAttention.attend(q, k, v, heads, APP, 1.67)
+        return pack.core.cross_attention.cross_image_attention(q, k, v, sources, attention, swapped)
 
     small = [torch.randn(3, 64, inner, device=device, dtype=kind) for _ in range(3)]
     run(*small)  # load kernels before measuring
     q, k, v = (torch.randn(3, tokens, inner, device=device, dtype=kind) for _ in range(3))
     if device.type == "cuda":
+        run(q, k, v)  # warm: the allocator's blocks and the kernels for this size
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
         run(q, k, v)
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+        seconds = time.perf_counter() - start
+        return f"{(torch.cuda.max_memory_allocated() - before) / MIB} {seconds}"
     before = reset_resident_peak()
+    start = time.perf_counter()
     run(q, k, v)
-    return (resident_kib("VmHWM") - before) / 1024
+    seconds = time.perf_counter() - start
+    return f"{(resident_kib('VmHWM') - before) / 1024} {seconds}"
 
 
 def reset_resident_peak() -> int:
@@ -242,13 +314,17 @@ def main():
     parser.add_argument("--appearance-size", metavar="HxW", default="",
                         help="an appearance image of this size in pixels (e.g. 320x192); ours is also timed with a "
                              "same-size appearance beside it")
-    parser.add_argument("--attention-peak", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--structures", metavar="N,N,..", default="",
+                        help="also one appearance onto N structures in one run, per image time (e.g. 1,4,8)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours under ComfyUI's TorchCompileModel (inductor; the warm-up run compiles)")
+    parser.add_argument("--attention-step", choices=("ours", "ours, least chunks", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs: at least 1")
-    if args.attention_peak:
+    if args.attention_step:
         with torch.no_grad():
-            print(attention_step(args.attention_peak, args.dtype))
+            print(attention_step(args.attention_step, args.dtype))
     else:
         measure(args)
 

@@ -2,9 +2,19 @@
 output's attention map is pushed away from its mean,
     A' = clip((A - mean) * beta + mean, 0, 1),   mean = 1 / N_keys,
 and, as in the paper's code, the rows are not renormalised. The clip makes this non-linear,
-so the map is materialised, but only for a chunk of queries at a time: memory is
-heads x chunk x N_keys instead of heads x N_queries x N_keys."""
+so the map is materialised (no exact form avoids it), a chunk of queries at a time: memory is
+heads x chunk x N_keys instead of heads x N_queries x N_keys. The chunk is as large as the
+memory at hand allows (budget_from_free_memory): on a GPU, usually all queries at once, a few
+kernels a layer."""
 import torch
+
+LEAST_BUDGET = 1 << 21  # probabilities in a chunk, whatever the free memory (8 MiB in float32)
+
+
+def budget_from_free_memory(free_bytes: int, share: float = 0.25) -> int:
+    """The probabilities a chunk may hold so that its maps take at most `share` of `free_bytes`:
+    two float32 maps are live at once (the scores, then their softmax); at least LEAST_BUDGET."""
+    return max(LEAST_BUDGET, int(free_bytes * share) // 8)
 
 
 def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> int:
@@ -13,7 +23,7 @@ def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> in
 
 
 def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, strength: float,
-                       budget_elements: int = 1 << 21) -> torch.Tensor:
+                       budget_elements: int = LEAST_BUDGET) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, Nq, heads*d), k and v (B, Nk, heads*d);
     returns (B, Nq, heads*d). The probabilities are computed in float32."""
     batch, queries, inner = q.shape

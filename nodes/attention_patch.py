@@ -9,7 +9,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..core.contrast import contrast_attention
+from ..core.contrast import LEAST_BUDGET, contrast_attention
 from ..core.cross_attention import cross_image_attention, key_value_sources
 from .model_info import decoder_attention_levels, layer_name
 
@@ -33,7 +33,8 @@ class BatchLayout:
 @dataclass(frozen=True)
 class CallPlan:
     """One model call: its step, its batch, and whether the output rows swap (take the appearance
-    rows' keys and values, or with `from_structure` their structure rows'), with what contrast.
+    rows' keys and values, or with `from_structure` their structure rows'), with what contrast,
+    computed in chunks of at most `contrast_budget` probabilities (core/contrast.py).
     `lend_to`: a dict this call's patched layers leave their keys and values in, per layer and
     conditioning entry, for the call that reads them as `lent` (appearances_lent)."""
     step: int
@@ -41,6 +42,7 @@ class CallPlan:
     swap: bool
     from_structure: bool = False
     contrast: float = 1.0
+    contrast_budget: int = LEAST_BUDGET
     lend_to: Optional[dict] = None
     lent: Optional[dict] = None
 
@@ -53,6 +55,8 @@ class CrossImageSelfAttention:
     def __deepcopy__(self, memo):
         return self
 
+    # Compiled graphs must not bake in a call's plan (ComfyUI 0.33.0's TorchCompileModel skips guards on transformer_options)
+    @torch.compiler.disable
     def __call__(self, q, k, v, extra_options):
         plan = extra_options.get(PLAN_KEY)
         if plan is None:
@@ -71,7 +75,8 @@ class CrossImageSelfAttention:
             return attention(q, k, v)
         swapped_attention = None  # strength 1 keeps the model's attention for every row
         if plan.contrast != 1.0:
-            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast)
+            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast,
+                                        budget_elements=plan.contrast_budget)
         layout, lent = plan.layout, None
         if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
             layer, chunks = layer_and_chunks(extra_options)

@@ -2,10 +2,12 @@
 the output rows: appearance guidance (core/guidance.py) and AdaIN on latents (core/adain.py)."""
 from dataclasses import replace
 
+import comfy.model_management
 import comfy.samplers
 import torch
 
 from ..core.adain import adain
+from ..core.contrast import LEAST_BUDGET, budget_from_free_memory
 from ..core.guidance import guidance_scale, guide
 from ..core.packing import pack, unpack
 from ..core.schedule import in_step_range, injects_structure, step_index
@@ -124,9 +126,13 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         own_call = tuple(appearances.shape[1:]) != tuple(outputs.shape[1:])
         from_structure = len(structures) > 0 and self.injects(index, steps)
         lent = {} if own_call and swapping and not from_structure else None
+        budget = LEAST_BUDGET
+        if swapping and s.contrast != 1.0:  # the contrast's chunks: as large as memory allows
+            budget = budget_from_free_memory(comfy.model_management.get_free_memory(x.device))
         plan = CallPlan(step=index, layout=replace(layout, n_structures=len(structures), n_plain=len(plains),
                                                    appearances_lent=own_call),
-                        swap=swapping, from_structure=from_structure, contrast=s.contrast, lent=lent)
+                        swap=swapping, from_structure=from_structure, contrast=s.contrast, contrast_budget=budget,
+                        lent=lent)
         if own_call:  # the appearances alone, at their size, lending their keys and values
             appearances = self.predict_rows(appearances, timestep, model_options, seed, self.appearance_conds,
                                             replace(plan, layout=replace(layout, n_outputs=0, n_structures=0),

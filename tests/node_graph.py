@@ -9,14 +9,24 @@ from reference import Settings
 
 def invert(node, model, clean, cond, uncond, s: Settings, seed: int):
     """Invert a clean model-space latent (1, C, H, W) with the Invert node `s` asks for."""
-    latent = {"samples": clean / model.model.latent_format.scale_factor}
+    return invert_with(node, "", model, [clean], cond, uncond, s, seed)[0]
+
+
+def invert_pair(node, model, structure, appearance, cond, uncond, s: Settings, seed: int):
+    """(structure, appearance) inversions of clean model-space latents by the Invert Pair node
+    `s` asks for (each with the seed's draws, as `invert` with that seed)."""
+    return invert_with(node, "Pair", model, [structure, appearance], cond, uncond, s, seed)
+
+
+def invert_with(node, kind, model, cleans, cond, uncond, s: Settings, seed: int):
+    latents = [{"samples": clean / model.model.latent_format.scale_factor} for clean in cleans]
     positive, negative = conditioning(cond), conditioning(uncond)
     if s.inversion == "ddpm":
-        return node("CrossImageInvertDDPM").execute(model, latent, positive, s.steps, "ddim_uniform",
-                                                   s.inversion_cfg, s.skip, seed, negative)[0]
+        return node(f"CrossImageInvert{kind}DDPM").execute(model, *latents, positive, s.steps, "ddim_uniform",
+                                                           s.inversion_cfg, s.skip, seed, negative)
     assert s.skip == 0, "the DDIM node samples every step it inverted"
-    return node("CrossImageInvertDDIM").execute(model, latent, positive, s.steps, "ddim_uniform", s.inversion_cfg,
-                                               negative)[0]
+    return node(f"CrossImageInvert{kind}DDIM").execute(model, *latents, positive, s.steps, "ddim_uniform",
+                                                       s.inversion_cfg, negative)
 
 
 def conditioning(prompt):

@@ -240,6 +240,16 @@ def test_contrast_strength_one_is_plain_attention(core):
     assert torch.allclose(core.contrast.contrast_attention(q, k, v, 2, 1.0), plain, atol=1e-6)
 
 
+def test_contrast_budget_from_free_memory(core):
+    """A quarter of the free memory for two float32 maps; never below the least budget. With
+    64 GiB free, SD1.5's finest decoder level at 512 px (8 heads, 4096 tokens) is one chunk."""
+    contrast = core.contrast
+    assert contrast.budget_from_free_memory(0) == contrast.LEAST_BUDGET
+    assert contrast.budget_from_free_memory(64 << 30) == 1 << 31
+    assert contrast.query_chunk(heads=8, queries=4096, keys=4096, budget_elements=1 << 31) == 4096
+    assert contrast.query_chunk(heads=8, queries=4096, keys=4096, budget_elements=contrast.LEAST_BUDGET) == 64
+
+
 def test_query_chunk(core):
     assert core.contrast.query_chunk(heads=8, queries=4096, keys=4096, budget_elements=8 * 4096 * 512) == 512
     assert core.contrast.query_chunk(heads=8, queries=10, keys=4096, budget_elements=1) == 1

@@ -63,7 +63,7 @@ def test_shipped_workflows_run_on_the_family(comfy_nodes, comfy_dirs, family_che
             inputs["ckpt_name"] = name
         elif node["class_type"] == "CrossImageInvertDDIM":
             inputs["steps"] = 10
-        elif node["class_type"] == "CrossImageInvertDDPM":
+        elif node["class_type"] in ("CrossImageInvertDDPM", "CrossImageInvertPairDDPM"):
             inputs.update(steps=20, skip=6)
     calls = []
     apply_model = comfy.model_base.BaseModel.apply_model
@@ -98,7 +98,7 @@ def test_sdxl_appearance_of_another_size(comfy_nodes, comfy_dirs, sdxl_checkpoin
         inputs = node["inputs"]
         if node["class_type"] == "LoadImage" and inputs["image"] == "cross_image_appearance.png":
             inputs["image"] = "tall_appearance.png"
-        elif node["class_type"] == "CrossImageInvertDDPM":
+        elif node["class_type"] in ("CrossImageInvertDDPM", "CrossImageInvertPairDDPM"):
             inputs.update(steps=8, skip=2)  # 6 sampled steps: swaps from the second (0.15 of them)
     calls = []
     apply_model = comfy.model_base.BaseModel.apply_model

@@ -126,11 +126,16 @@ def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny
     assert swapped == {(key, step) for key in FINEST_TWO for step in range(3, 8)}
 
 
-def test_the_guider_decides_each_call_and_every_patched_layer_follows_it(node, pack, tiny_model, cond):
+def test_the_guider_decides_each_call_and_every_patched_layer_follows_it(node, pack, tiny_model, cond, monkeypatch):
     """One plan per model call, made by the guider and handed to every patched layer of that
     call: swap on steps 3-7 of 10 (start 0.3, end 0.8), from the structure on the one injection
     step inside the swap (step 5: every 5th step before round(0.59 * 10) = 6), with the node's
-    contrast; the structure rows from the swap's start to that step."""
+    contrast, in chunks a quarter of the device's free memory holds; the structure rows from the
+    swap's start to that step."""
+    import comfy.model_management
+    free = 8 << 30
+    monkeypatch.setattr(comfy.model_management, "get_free_memory",
+                        lambda device=None, torch_free_too=False: (free, free) if torch_free_too else free)
     plan_key = pack.nodes.attention_patch.PLAN_KEY
     structure, _ = invert(node, tiny_model, latent(4), cond, steps=10)
     appearance, _ = invert(node, tiny_model, latent(5), cond, steps=10)
@@ -150,6 +155,8 @@ def test_the_guider_decides_each_call_and_every_patched_layer_follows_it(node, p
         assert set(by_layer) == FINEST_TWO and len({id(plan) for plan in by_layer.values()}) == 1
         plan = next(iter(by_layer.values()))
         assert plan.swap == (3 <= step <= 7) and plan.from_structure == (step == 5) and plan.contrast == 1.5
+        # 2 GiB of float32 scores and their softmax: 2^28 probabilities (else the least chunk)
+        assert plan.contrast_budget == (1 << 28 if plan.swap else pack.core.contrast.LEAST_BUDGET)
         assert (plan.layout.n_outputs, plan.layout.n_appearances, plan.layout.n_structures) == \
             (1, 1, 1 if 3 <= step <= 5 else 0)
 

@@ -35,6 +35,7 @@ def world(comfy_nodes):
 
 
 SEEDS = {"appearance": 1, "structure": 2}
+PAIR_SEED = 3  # the Invert Pair node's: both images draw from it
 
 
 def fresh_draws(seed: int, s: Settings, size=(HEIGHT, WIDTH)) -> torch.Tensor:
@@ -45,10 +46,10 @@ def fresh_draws(seed: int, s: Settings, size=(HEIGHT, WIDTH)) -> torch.Tensor:
     return torch.cat([unused, used])
 
 
-def reference_output(world, s: Settings, masked: bool, reference=None) -> torch.Tensor:
+def reference_output(world, s: Settings, masked: bool, reference=None, seeds=SEEDS) -> torch.Tensor:
     reference = reference or Reference(world["twin"], s, world["cond"], world["uncond"])
     masks = {"structure_mask": world["masks"][0], "appearance_mask": world["masks"][1]} if masked else {}
-    draws = {f"fresh_{name}": fresh_draws(seed, s) for name, seed in SEEDS.items()} if s.inversion == "ddpm" else {}
+    draws = {f"fresh_{name}": fresh_draws(seed, s) for name, seed in seeds.items()} if s.inversion == "ddpm" else {}
     return reference.transfer(world["appearance"], world["structure"], **draws, **masks)
 
 
@@ -81,15 +82,18 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def paper_run(node, world):
     """The paper-defaults reference output and the nodes' inversions for it (shared by the
-    sensitivity tests), made with a model that counts UNet batch items."""
+    sensitivity tests), both images inverted by the Invert Pair node as the shipped workflow
+    does, made with a model that counts UNet calls and their batch items."""
     reference = Reference(world["twin"], PAPER, world["cond"], world["uncond"])
-    expected = reference_output(world, PAPER, True, reference)
-    counted_world = {**world, "model": node_graph.counting(world["model"])}
-    inversions = (invert(node, counted_world, PAPER, "appearance"), invert(node, counted_world, PAPER, "structure"))
-    inversion_items = sum(counted_world["model"].evaluations)
-    node_output(node, counted_world, PAPER, True, inversions)
-    return expected, inversions, {"reference": reference.evaluations, "inversion": inversion_items,
-                                  "nodes": sum(counted_world["model"].evaluations)}
+    expected = reference_output(world, PAPER, True, reference, seeds=dict.fromkeys(SEEDS, PAIR_SEED))
+    model = node_graph.counting(world["model"])
+    structure, appearance = node_graph.invert_pair(node, model, world["structure"], world["appearance"],
+                                                   world["cond"], world["uncond"], PAPER, PAIR_SEED)
+    inversion = list(model.evaluations)
+    node_output(node, {**world, "model": model}, PAPER, True, (appearance, structure))
+    return expected, (appearance, structure), {
+        "reference": reference.evaluations, "inversion": sum(inversion), "nodes": sum(model.evaluations),
+        "reference calls": reference.calls, "inversion calls": len(inversion), "calls": len(model.evaluations)}
 
 
 def max_difference(a, b) -> float:
@@ -182,3 +186,13 @@ def test_unet_work_at_paper_defaults(paper_run):
     assert evaluations["reference"] == 808
     assert evaluations["inversion"] == 272
     assert evaluations["nodes"] == 272 + 220 <= 500
+
+
+def test_unet_calls_at_paper_defaults(paper_run):
+    """The floor of the paper's computation: one model call per step, 68 to invert both images
+    together (with CFG: cond and uncond of both, 4 latents a call) and 68 to sample, against
+    the reference's 336 (200 inverting, 2 x 68 sampling)."""
+    _, _, evaluations = paper_run
+    assert evaluations["reference calls"] == 336
+    assert evaluations["inversion calls"] == 68
+    assert evaluations["calls"] == 68 + 68
