@@ -17,7 +17,8 @@ Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @lru_cache(maxsize=64)
 def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structures: int = 0,
-                      from_structure: bool = False, n_plain: int = 0, lent: bool = False) -> tuple:
+                      from_structure: bool = False, n_plain: int = 0, lent: bool = False,
+                      appearance: Optional[int] = None) -> tuple:
     """For each row of the model batch, the row whose keys and values it attends to (worked out
     once per layout, not at every patched layer).
 
@@ -26,7 +27,8 @@ def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structure
     (structure injection); appearance and structure rows keep their own, and so do the
     `n_plain` rows that may end each chunk (copies of the outputs, predicted without the swap).
     With `lent`, the appearances are not in the batch (another model call ran them, at their own
-    size) and source rows + i names row i of the keys and values they lent, chunk by chunk."""
+    size) and source rows + i names row i of the keys and values they lent, chunk by chunk.
+    With `appearance`, every output row takes that appearance row (regions: core/regions.py)."""
     in_batch = 0 if lent else n_appearances
     per_chunk = n_outputs + in_batch + n_structures + n_plain
     if rows % per_chunk:
@@ -35,14 +37,15 @@ def key_value_sources(rows: int, n_outputs: int, n_appearances: int, n_structure
     if from_structure and n_structures != n_outputs:
         raise ValueError(f"structure injection needs one structure row per output ({n_structures} for {n_outputs})")
     outputs = torch.arange(n_outputs)
+    taken = outputs % n_appearances if appearance is None else torch.full_like(outputs, appearance)
     sources = torch.arange(rows)
     for chunk, start in enumerate(range(0, rows, per_chunk)):
         if from_structure:
             sources[start:start + n_outputs] = start + n_outputs + in_batch + outputs
         elif lent:
-            sources[start:start + n_outputs] = rows + chunk * n_appearances + outputs % n_appearances
+            sources[start:start + n_outputs] = rows + chunk * n_appearances + taken
         else:
-            sources[start:start + n_outputs] = start + n_outputs + outputs % n_appearances
+            sources[start:start + n_outputs] = start + n_outputs + taken
     return tuple(sources.tolist())
 
 
@@ -80,4 +83,30 @@ def cross_image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sou
     if len(swapped):
         out.index_copy_(0, swapped, (swapped_attention or attention)(
             q.index_select(0, swapped), keys.index_select(0, taken), values.index_select(0, taken)))
+    return out
+
+
+def regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_sources: list, regions: tuple,
+                       attention: Attention, swapped_attention: Optional[Attention] = None,
+                       lent: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """Cross-image attention by regions (core/regions.py): the output rows blend, token by token,
+    their attention to each region's appearance (rows region_sources[r], keys inside its mask,
+    with `swapped_attention`) and to their own keys and values, by the shares in `regions`
+    (Regions.at: shares (R, N, 1), own share (N, 1) or None, key indices or None per region).
+    The other rows keep their own keys and values."""
+    shares, own, inside = regions
+    _, kept, swapped, _ = row_plan(region_sources[0], q.device)
+    keys, values = lent if lent is not None else (k, v)
+    out = torch.empty_like(q)
+    if len(kept):
+        out.index_copy_(0, kept, attention(*(t.index_select(0, kept) for t in (q, k, v))))
+    queries = q.index_select(0, swapped)
+    blend = 0 if own is None else own * attention(queries, k.index_select(0, swapped), v.index_select(0, swapped))
+    for sources, share, tokens in zip(region_sources, shares, inside):
+        taken = row_plan(sources, q.device)[3]
+        k_r, v_r = keys.index_select(0, taken), values.index_select(0, taken)
+        if tokens is not None:
+            k_r, v_r = k_r.index_select(1, tokens), v_r.index_select(1, tokens)
+        blend = blend + share * (swapped_attention or attention)(queries, k_r, v_r)
+    out.index_copy_(0, swapped, blend)
     return out

@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension
 
 from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
+from .appearance_region import CrossImageAppearanceRegion
 from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
 from .invert_ddim import CrossImageInvertDDIM
 from .invert_ddpm import CrossImageInvertDDPM
@@ -20,6 +21,7 @@ NODES = [
     CrossImageInvertPairDDPM,
     CrossImageAttention,
     CrossImageAttentionContrast,
+    CrossImageAppearanceRegion,
     CrossImageSampler,
     CrossImageAppearanceGuidance,
     CrossImageLatentAdaIN,

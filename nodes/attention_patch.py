@@ -10,7 +10,8 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 
 from ..core.contrast import LEAST_BUDGET, contrast_attention
-from ..core.cross_attention import cross_image_attention, key_value_sources
+from ..core.cross_attention import cross_image_attention, key_value_sources, regional_attention
+from ..core.regions import Regions
 from .model_info import decoder_attention_levels, layer_name
 
 PLAN_KEY = "cross_image_call_plan"  # in transformer_options, for one model call; set by the guider only
@@ -34,7 +35,8 @@ class BatchLayout:
 class CallPlan:
     """One model call: its step, its batch, and whether the output rows swap (take the appearance
     rows' keys and values, or with `from_structure` their structure rows'), with what contrast,
-    computed in chunks of at most `contrast_budget` probabilities (core/contrast.py).
+    computed in chunks of at most `contrast_budget` probabilities (core/contrast.py), and with
+    `regions` by region (core/regions.py: each appearance row where its mask says).
     `lend_to`: a dict this call's patched layers leave their keys and values in, per layer and
     conditioning entry, for the call that reads them as `lent` (appearances_lent)."""
     step: int
@@ -43,6 +45,7 @@ class CallPlan:
     from_structure: bool = False
     contrast: float = 1.0
     contrast_budget: int = LEAST_BUDGET
+    regions: Optional[Regions] = None
     lend_to: Optional[dict] = None
     lent: Optional[dict] = None
 
@@ -82,9 +85,13 @@ class CrossImageSelfAttention:
             layer, chunks = layer_and_chunks(extra_options)
             pairs = [plan.lent[layer, chunk] for chunk in chunks]
             lent = pairs[0] if len(pairs) == 1 else tuple(torch.cat(part) for part in zip(*pairs))
-        sources = key_value_sources(q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures,
-                                    plan.from_structure, layout.n_plain, layout.appearances_lent)
-        return cross_image_attention(q, k, v, sources, attention, swapped_attention, lent)
+        shape = (q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures, plan.from_structure,
+                 layout.n_plain, layout.appearances_lent)
+        if plan.regions is not None:
+            sources = [key_value_sources(*shape, appearance=r) for r in range(len(plan.regions))]
+            shares = plan.regions.at(q.shape[1], (k if lent is None else lent[0]).shape[1], q.device)
+            return regional_attention(q, k, v, sources, shares, attention, swapped_attention, lent)
+        return cross_image_attention(q, k, v, key_value_sources(*shape), attention, swapped_attention, lent)
 
 
 def layer_and_chunks(extra_options) -> tuple:

@@ -3,11 +3,13 @@ looks at the appearance image's keys and values."""
 import logging
 
 from ..core.levels import paper_levels
+from ..core.regions import keyless
+from .appearance_region import appearance_masks, region_mask, require_regions
 from .attention_patch import CrossImageSelfAttention, attn1_replacements
 from .checks import require_number
 from .model_info import decoder_attention_levels, decoder_level_factors, layer_name, parse_levels, require_inversion
-from .settings import SETTINGS_KEY, ContrastSettings, CrossImageSettings
-from .sockets import ADVANCED, CATEGORY, ContrastSocket, InversionSocket, io
+from .settings import SETTINGS_KEY, AppearanceRegion, ContrastSettings, CrossImageSettings
+from .sockets import ADVANCED, CATEGORY, ContrastSocket, InversionSocket, RegionsSocket, io
 
 
 def require_unpatched(model, layers) -> None:
@@ -54,12 +56,19 @@ class CrossImageAttention(io.ComfyNode):
                              tooltip="Structure injection: on every n-th step of the swap, the output takes the structure image's own keys and values instead of the appearance's, re-anchoring the layout (paper's code: 5). 0 turns it off and saves a third of the sampler's work."),
                 io.Float.Input("structure_until", default=0.59, min=0.0, max=1.0, step=0.01, optional=True, **ADVANCED,
                                tooltip="Fraction of the denoising steps after which structure injection stops (paper's code: step 40 of 68, 0.59). Later keeps more structure, less appearance."),
+                io.Mask.Input("structure_mask", optional=True,
+                              tooltip="Where the appearance goes: the structure image's pixels (at its size, e.g. from Self-Segmentation) that take the appearance; elsewhere the output keeps the structure image's own look. Without it, everywhere (with regions: wherever no region goes)."),
+                io.Mask.Input("appearance_mask", optional=True,
+                              tooltip="Which of the appearance image's pixels (at its size) give the look; without it, all."),
+                RegionsSocket.Input("regions", optional=True,
+                                    tooltip="More appearance images, each for its own region of the structure, from Appearance Region nodes."),
             ],
             outputs=[io.Model.Output(tooltip="A patched clone of the model; use it in Cross-Image Sampler.")],
         )
 
     @classmethod
-    def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59):
+    def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
+                structure_mask=None, appearance_mask=None, regions=None):
         require_inversion(appearance, "appearance", model)
         structure_every = int(require_number("structure_every", structure_every, 0, 1000))
         structure_until = require_number("structure_until", structure_until, 0.0, 1.0)
@@ -75,15 +84,48 @@ class CrossImageAttention(io.ComfyNode):
                                                                     *appearance.trajectory.shape[-2:]))
         logging.info("Cross-Image Attention: decoder levels %s (%s)", ",".join(map(str, chosen)), levels)
         require_unpatched(model, [key for level in chosen for key in layers[level]])
+        factors = [decoder_level_factors(unet)[level] for level in chosen]
+        regions = appearance_regions(model, appearance, structure_mask, appearance_mask, regions, factors)
         patched = model.clone()
         settings = CrossImageSettings(appearance=appearance, levels=chosen, start=start, end=end, contrast=strength,
-                                      structure_every=structure_every, structure_until=structure_until)
+                                      structure_every=structure_every, structure_until=structure_until,
+                                      regions=regions)
         attention = CrossImageSelfAttention()
         for level in chosen:
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)
         patched.model_options["transformer_options"][SETTINGS_KEY] = settings
         return io.NodeOutput(patched)
+
+
+def appearance_regions(model, appearance, structure_mask, appearance_mask, regions, factors) -> tuple:
+    """The regions of a transfer (settings.CrossImageSettings.regions): `appearance` with its
+    masks first, then those of Appearance Region nodes; none when there are no masks (or only
+    all-ones ones) and no more appearances: exactly the unmasked transfer. Refuses appearances
+    that cannot be denoised together, and appearance masks that hold no token of a swapped
+    level (`factors`: their downsampling factors)."""
+    extra = require_regions(regions)
+    main = AppearanceRegion(appearance, region_mask("structure_mask", structure_mask, all_ones_is_none=not extra),
+                            region_mask("appearance_mask", appearance_mask))
+    if not extra and main.structure_mask is None and main.appearance_mask is None:
+        return ()
+    if appearance.batch_size != 1:
+        raise ValueError(f"appearance: with masks or regions, one appearance image, got a batch of "
+                         f"{appearance.batch_size}")
+    named = [("", main)] + [(f"regions (region {i + 1}): ", region) for i, region in enumerate(extra)]
+    for prefix, region in named[1:]:
+        require_inversion(region.appearance, prefix + "appearance", model)
+        appearance.check_pairs_with(region.appearance, "appearance", prefix + "appearance")
+        if region.appearance.trajectory.shape[3:] != appearance.trajectory.shape[3:]:
+            raise ValueError(f"{prefix}appearance: a {tuple(region.appearance.trajectory.shape[3:])} latent, but "
+                             f"appearance's is {tuple(appearance.trajectory.shape[3:])}: give every appearance image "
+                             "one size (e.g. with Upscale Image)")
+    masks = appearance_masks([region for _, region in named], [prefix + "appearance_mask" for prefix, _ in named])
+    for r in keyless(masks, tuple(appearance.trajectory.shape[3:]), factors):
+        raise ValueError(f"{named[r][0]}appearance_mask: the masked part of the appearance image is smaller than one "
+                         f"attention token of a swapped level ({max(factors) * 8} px a side); draw a larger mask or "
+                         "swap finer levels")
+    return tuple(region for _, region in named)
 
 
 class CrossImageAttentionContrast(io.ComfyNode):

@@ -37,9 +37,11 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     size, with the conditioning made for that size, lending their keys and values to the call
     of the other rows (the same attention as in one batch)."""
 
-    def __init__(self, model_patcher, settings, layout, appearance_shape, guidance=None, latent_adain=None):
+    def __init__(self, model_patcher, settings, layout, appearance_shape, guidance=None, latent_adain=None,
+                 regions=None):
         super().__init__(model_patcher)
         self.settings, self.layout, self.guidance, self.latent_adain = settings, layout, guidance, latent_adain
+        self.regions = regions  # core.regions.Regions at the latents' sizes, or None
         self.appearance_shape, self.appearance_conds = tuple(appearance_shape), None
         self.controlled = False  # whether the prompt carries a ControlNet or T2I adapter (inner_sample)
 
@@ -76,10 +78,17 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         sampling = self.model_patcher.get_model_object("model_sampling")
         scale = float(sampling.calculate_input(torch.tensor([float(sigma)]), torch.ones(1, 1)))
         outputs, appearances, _ = self.split(x)
-        appearances = appearances * scale
-        x[:n] = adain(outputs * scale, appearances, latent_mask(s.structure_mask, outputs, "structure_mask"),
-                      latent_mask(s.appearance_mask, appearances, "appearance_mask"),
-                      mask_names=("structure_mask", "appearance_mask")) / scale
+        outputs, appearances = outputs * scale, appearances * scale
+        if self.regions is None:
+            x[:n] = adain(outputs, appearances, latent_mask(s.structure_mask, outputs, "structure_mask"),
+                          latent_mask(s.appearance_mask, appearances, "appearance_mask"),
+                          mask_names=("structure_mask", "appearance_mask")) / scale
+            return
+        # by regions, one after another: each region's output pixels take its appearance's statistics
+        for r, (share, mask) in enumerate(zip(self.regions.shares, self.regions.appearance_masks)):
+            outputs = adain(outputs, appearances[r:r + 1], share[None], None if mask is None else mask[None],
+                            mask_names=("structure_mask", "appearance_mask"))
+        x[:n] = outputs / scale
 
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
         """ComfyUI's sampling, then AdaIN after the last step; the result is in LATENT space
@@ -132,7 +141,7 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         plan = CallPlan(step=index, layout=replace(layout, n_structures=len(structures), n_plain=len(plains),
                                                    appearances_lent=own_call),
                         swap=swapping, from_structure=from_structure, contrast=s.contrast, contrast_budget=budget,
-                        lent=lent)
+                        regions=self.regions if swapping and not from_structure else None, lent=lent)
         if own_call:  # the appearances alone, at their size, lending their keys and values
             appearances = self.predict_rows(appearances, timestep, model_options, seed, self.appearance_conds,
                                             replace(plan, layout=replace(layout, n_outputs=0, n_structures=0),

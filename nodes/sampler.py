@@ -4,9 +4,11 @@ import comfy.samplers
 import torch
 
 from ..core.packing import pack
+from ..core.regions import Regions, region_shares
 from ..core.schedule import step_index
+from .appearance_region import appearance_masks
 from .attention_patch import BatchLayout, require_own_layers
-from .checks import require_number, require_steps
+from .checks import latent_mask, require_number, require_steps
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
 from .model_info import require_inversion
@@ -42,6 +44,22 @@ def noise_replay(row_inversions, schedule, row_shape):
     def replay(sigma, sigma_next):
         return noise[step_index(schedule, float(sigma))].to(sigma.device)
     return replay
+
+
+def sampling_regions(settings, structure, latent_adain):
+    """The regions of Cross-Image Attention's settings at the latent sizes (core/regions.py), or
+    None without regions. Latent AdaIN then follows them, so its own masks are refused."""
+    if not settings.regions:
+        return None
+    if latent_adain is not None and (latent_adain.structure_mask is not None or latent_adain.appearance_mask is not None):
+        raise ValueError("latent_adain: Cross-Image Attention has masks or regions, and latent AdaIN follows them "
+                         "(each region's output pixels take its appearance's statistics); disconnect Latent AdaIN's "
+                         "masks")
+    structure_masks = [None if region.structure_mask is None else
+                       latent_mask(region.structure_mask, structure.clean, "structure_mask")[0]
+                       for region in settings.regions]
+    return Regions(region_shares(structure_masks, tuple(structure.clean.shape[-2:])), appearance_masks(settings.regions),
+                   tuple(settings.appearance.clean.shape[-2:]))
 
 
 class CrossImageSampler(io.ComfyNode):
@@ -99,7 +117,8 @@ class CrossImageSampler(io.ComfyNode):
                                      "the Cross-Image Sampler does not take it yet (apply it to a plain sampling "
                                      "of the output instead)")
             require_own_layers(model, settings.levels)
-            structure.check_pairs_with(settings.appearance, "structure", "appearance")
+            for appearance in settings.appearances:
+                structure.check_pairs_with(appearance, "structure", "appearance")
             steps = structure.steps
             require_steps("model (Cross-Image Attention's start/end)", settings.start, settings.end, steps,
                           "cross-image attention")
@@ -112,12 +131,13 @@ class CrossImageSampler(io.ComfyNode):
             # The outputs start from the structure's noise and the appearance is denoised beside
             # them; with structure injection the structure is too, to lend its keys and values.
             injection = settings.structure_every > 0 and settings.structure_until > 0
-            row_inversions += [settings.appearance] + ([structure] if injection else [])
-            layout = BatchLayout(structure.batch_size, settings.appearance.batch_size,
+            row_inversions += settings.appearances + ([structure] if injection else [])
+            layout = BatchLayout(structure.batch_size, sum(a.batch_size for a in settings.appearances),
                                  structure.batch_size if injection else 0)
             appearance_shape = settings.appearance.trajectory.shape[2:]
+            regions = sampling_regions(settings, structure, latent_adain)
             guider_class = lambda patcher: CrossImageGuider(patcher, settings, layout, appearance_shape,  # noqa: E731
-                                                            guidance, latent_adain)
+                                                            guidance, latent_adain, regions)
         guider = make_guider(model, positive, negative, cfg, guider_class)
         # an appearance of another size rides in the batch as rows of the structure's shape
         row_shape = tuple(structure.trajectory.shape[2:])

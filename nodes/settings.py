@@ -14,10 +14,24 @@ class ContrastSettings:
     strength: float = 1.67
 
 
+@dataclass(frozen=True, eq=False)
+class AppearanceRegion:
+    """One appearance of a regional transfer and where it goes: the structure's pixels it paints
+    (a MASK; None: those no other region takes) and the appearance's pixels it takes its look
+    from (a MASK; None: all)."""
+    appearance: Inversion
+    structure_mask: object = None
+    appearance_mask: object = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 @dataclass(frozen=True)
 class CrossImageSettings:
     """Cross-Image Attention's settings: which decoder levels swap (the patch sits there), in
-    which fraction of the steps, with what contrast and structure injection."""
+    which fraction of the steps, with what contrast and structure injection; with masks or
+    several appearances, `regions` (the first: `appearance` with its masks), else none."""
     appearance: Inversion
     levels: tuple
     start: float
@@ -25,6 +39,12 @@ class CrossImageSettings:
     contrast: float = 1.0
     structure_every: int = 0
     structure_until: float = 0.0
+    regions: tuple = ()
+
+    @property
+    def appearances(self) -> list:
+        """The appearance inversions the sampler denoises beside the outputs, in batch order."""
+        return [region.appearance for region in self.regions] or [self.appearance]
 
     def __deepcopy__(self, memo):
         return self  # immutable; ComfyUI deep-copies model options on every clone
