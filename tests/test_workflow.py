@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 import headless
@@ -104,3 +105,38 @@ def test_workflows_saved_with_retired_inputs_still_convert(comfy_nodes, path):
     definitions = headless.node_definitions(comfy_nodes)
     assert headless.workflow_to_prompt(with_retired_inputs(workflow), definitions) == \
         headless.workflow_to_prompt(workflow, definitions)
+
+
+def test_object_workflow_swaps_only_inside_the_self_segmentation_masks(comfy_nodes, comfy_dirs, pack, sd15_checkpoint,
+                                                                       example_inputs, monkeypatch):
+    """The object-only workflow: Self-Segmentation's masks reach Cross-Image Attention, whose
+    swapped layers blend by them (the structure mask's share, the appearance mask's keys), and
+    the image AdaIN; latent AdaIN follows them."""
+    path = next(path for path in WORKFLOWS if path.endswith("cross_image_attention_object.json"))
+    prompt = headless.workflow_to_prompt(json.load(open(path)), headless.node_definitions(comfy_nodes))
+    for node in prompt.values():
+        if node["class_type"] == "CrossImageInvertPairDDPM":
+            node["inputs"].update(steps=20, skip=6)  # the mechanics, not the picture: keep the CPU run short
+    patch = pack.nodes.attention_patch
+    seen = []
+
+    def regional(q, k, v, sources, shares, *args):
+        seen.append(shares)
+        return regional_attention(q, k, v, sources, shares, *args)
+    regional_attention = patch.regional_attention
+    monkeypatch.setattr(patch, "regional_attention", regional)
+    engine = headless.Engine()
+    engine.run(prompt)
+    attention = next(key for key, node in prompt.items() if node["class_type"] == "CrossImageAttention")
+    structure_mask, appearance_mask = (engine.cached_outputs(prompt[attention]["inputs"][name][0])[0][0]
+                                       for name in ("structure_mask", "appearance_mask"))
+    assert {prompt[prompt[attention]["inputs"][name][0]]["class_type"] for name in ("structure_mask", "appearance_mask")} \
+        == {"CrossImageSelfSegmentation"}
+    assert seen and all(len(shares[0]) == 1 for shares in seen)  # one region: the appearance, by the masks
+    finest = max(seen, key=lambda shares: shares[0].shape[1])
+    latent = torch.nn.functional.interpolate(structure_mask[None], size=(IMAGE_SIZE[1] // 8, IMAGE_SIZE[0] // 8),
+                                             mode="bilinear", align_corners=False)
+    torch.testing.assert_close(finest[0][0, :, 0], latent.flatten())  # the output's share: the structure mask
+    assert finest[1] is not None and finest[2][0] is not None  # own attention outside, keys inside the appearance's
+    assert 0 < len(finest[2][0]) < (IMAGE_SIZE[1] // 8) * (IMAGE_SIZE[0] // 8)
+    assert appearance_mask.shape[-2:] == (IMAGE_SIZE[1], IMAGE_SIZE[0])
