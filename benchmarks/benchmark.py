@@ -11,6 +11,8 @@ Prints, ours vs reference and as ratios:
   - each speed-up on its own, against ours without it: the images inverted apart (two Invert
     nodes instead of Invert Pair), the contrast in the least chunks instead of chunks from the
     free memory (and with --compile, ours under ComfyUI's TorchCompileModel);
+  - the cost of regions against the unmasked transfer: masks on both images (object only), and
+    a second appearance by region (its inversion included);
   - with --structures, one appearance onto N structures in one run: time per image;
   - with --appearance-size, ours with an appearance of that size against a same-size one;
   - one decoder attention step at 4096 tokens (a 64x64 latent), contrast on: peak memory and
@@ -78,6 +80,8 @@ def measure(args):
     config = model.model.model_config.unet_config
     cond, uncond = (torch.randn(1, 77, config["context_dim"], generator=g) for _ in range(2))
     clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    clean["second appearance"] = torch.randn(clean["appearance"].shape, generator=g)
+    masks = {name: object_mask(clean[name].shape[-2:]) for name in ("structure", "appearance")}
     clean["more structures"] = torch.randn(max(structures + [1]) - 1, 4, latent, latent * args.aspect // 2, generator=g)
     if args.appearance_size:  # an appearance of another size; the same-size one is timed beside it
         height, width = (int(side) // 8 for side in args.appearance_size.split("x"))
@@ -113,9 +117,10 @@ def measure(args):
             return seconds, None, result  # glibc's heap would hide what is freed and reused
         return seconds, (resident_kib("VmHWM") - before) * 1024, result
 
-    def ours(s, appearance="appearance", structures=1, pair=True, patcher=model):
+    def ours(s, appearance="appearance", structures=1, pair=True, patcher=model, regional=None):
         """One transfer through the nodes: the images inverted by Invert Pair (`pair`) or by two
-        Invert nodes (the same seed: the same inversions), one appearance onto `structures`."""
+        Invert nodes (the same seed: the same inversions), one appearance onto `structures`;
+        regional: "object" (masks on both images) or "two appearances" (the second by region)."""
         counted = node_graph.counting(patcher)
         structure = torch.cat([clean["structure"], clean["more structures"][:structures - 1]])
 
@@ -125,7 +130,13 @@ def measure(args):
             else:
                 appearing, inverted = (node_graph.invert(node, counted, latent, *prompts, s, 0)
                                        for latent in (clean[appearance], structure))
-            return node_graph.transfer(node, counted, prompts[0], s, appearing, inverted)
+            inputs = None
+            if regional == "object":
+                inputs = {"structure_mask": masks["structure"], "appearance_mask": masks["appearance"]}
+            elif regional == "two appearances":
+                second = node_graph.invert(node, counted, clean["second appearance"], *prompts, s, 0)
+                inputs = {"regions": node("CrossImageAppearanceRegion").execute(second, masks["structure"])[0]}
+            return node_graph.transfer(node, counted, prompts[0], s, appearing, inverted, regional=inputs)
         seconds, peak, out = timed(run)
         return seconds, peak, (sum(counted.evaluations), len(counted.evaluations)), out
 
@@ -156,7 +167,9 @@ def measure(args):
         paper = dataclasses.replace(paper, grids=(2, 4))
     settings = {"paper defaults": paper, "cheapest faithful": dataclasses.replace(paper, inversion_cfg=1.0)}
     runners = {"ours": ours, "reference": reference, "ours, images inverted apart": lambda s: ours(s, pair=False),
-               "ours, least contrast chunks": least_chunks}
+               "ours, least contrast chunks": least_chunks,
+               "ours, object only (masks)": lambda s: ours(s, regional="object"),
+               "ours, two appearances by region": lambda s: ours(s, regional="two appearances")}
     if args.compile:
         compiled = node("TorchCompileModel").execute(model, "inductor")[0]
         runners["ours, TorchCompileModel"] = lambda s: ours(s, patcher=compiled)
@@ -179,7 +192,8 @@ def measure(args):
         for name in [name for name in results if name.startswith("ours, ") and "same-size" not in name]:
             t_other, m_other, (e_other, c_other), out_other = results[name]
             memory = "" if m is None else f", working MiB {m_other / MIB:.1f} vs {m / MIB:.1f}"
-            print(f"{label:18s} {name[6:]} vs ours: calls {c_other} vs {c}, seconds {t_other:.2f} vs {t:.2f}  "
+            print(f"{label:18s} {name[6:]} vs ours: items {e_other} vs {e}, calls {c_other} vs {c}, "
+                  f"seconds {t_other:.2f} vs {t:.2f}  "
                   f"ratio {t_other / t:.3f}{memory}, output max |difference| {float((out_other - out).abs().max()):.1e}")
         if args.appearance_size:
             t_same, m_same, (e_same, c_same), _ = results["ours, same-size appearance"]
@@ -199,6 +213,13 @@ def measure(args):
     patched, alone = patch_cost(pack, device, dtype)
     print(f"patched layer, no contrast, 2 rows x 64 tokens: us per call  patch {patched * 1e6:.1f}  "
           f"ComfyUI's attention alone {alone * 1e6:.1f}  (the patch's own work: {(patched - alone) * 1e6:.1f})")
+
+
+def object_mask(latent_shape) -> torch.Tensor:
+    """An image-size MASK (1, 8h, 8w) of an ellipse filling the middle of the image: an object."""
+    h, w = (8 * side for side in latent_shape)
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    return ((rows / 0.7) ** 2 + (cols / 0.6) ** 2 <= 1).float()[None]
 
 
 def patch_cost(pack, device, dtype, calls: int = 2000):

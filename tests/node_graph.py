@@ -55,16 +55,17 @@ def attention_factors(model) -> list:
     return factors
 
 
-def transfer(node, model, cond, s: Settings, appearance, structure, masks=None):
+def transfer(node, model, cond, s: Settings, appearance, structure, masks=None, regional=None):
     """Patch, set up and sample as a workflow wires the nodes; returns the model-space output.
     Step numbers become fractions of the sampled steps; grids (latent / 2^level) become the
     levels of the model's decoder attention (attention_factors). masks: image-size MASKs
-    (structure, appearance) for latent AdaIN."""
+    (structure, appearance) for latent AdaIN. regional: Cross-Image Attention's structure_mask,
+    appearance_mask and regions inputs, as a dict."""
     n = s.steps - s.skip
     contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
     (patched,) = node("CrossImageAttention").execute(model, appearance, levels(s, attention_factors(model)),
                                                    s.swap_from / n, 1.0, contrast, s.structure_every,
-                                                   min(s.structure_until / n, 1.0))
+                                                   min(s.structure_until / n, 1.0), **(regional or {}))
     guidance = None
     if s.guidance is not None:
         guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
