@@ -7,13 +7,25 @@ attention maps materialised whole, and AdaIN on the batch after each step.
 
 Where the pack differs from the official code on purpose (README, "Deliberate differences"),
 this follows the pack: the attention sees the step being taken (no one-step lag) and the last
-step ends at alphas_cumprod = 1 (`final_abar`; the official code uses alphas_cumprod[0])."""
+step ends at alphas_cumprod = 1 (`final_abar`; the official code uses alphas_cumprod[0]).
+
+Regions (`Region`, `Reference.transfer(regions=...)`): several appearances, each inverted and
+denoised in its own rows of the batch [output, appearance 0, ..., appearance R-1, structure],
+and masks that share the output among them. On swap steps that are not structure-injection
+steps the output's decoder self-attention at the swapped grids is
+    sum_r w_r * CA_r + own * SELF
+with w_r region r's share of each token (its structure mask, pooled to the token grid), CA_r
+the contrast attention over region r's appearance keys inside its appearance mask, and SELF
+plain attention over the output's own keys; latent AdaIN then runs once per region within its
+masks. One region without masks is exactly the computation above."""
+import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
-OUT, APP, STRUCT = 0, 1, 2  # rows of the sampling batch
+OUT, APP, STRUCT = 0, 1, 2  # rows of the sampling batch (with regions: OUT, the appearances, STRUCT last)
 
 
 def diffusers_twin(model):
@@ -102,11 +114,54 @@ def adain(x: torch.Tensor, y: torch.Tensor, x_mask=None, y_mask=None) -> torch.T
     return out.reshape(x.shape)
 
 
+@dataclass
+class Region:
+    """One appearance of a regional transfer. Masks are float tensors in [0, 1] at latent size:
+    structure_mask (H, W) on the structure's latent (the output tokens this appearance gives
+    its look to; only region 0 may leave it out: it then takes what the others leave),
+    appearance_mask (Ha, Wa) on this appearance's latent (the keys it lends; None: all).
+    fresh: the DDPM inversion's independent draws (steps, 1, C, Ha, Wa)."""
+    appearance: torch.Tensor
+    structure_mask: Optional[torch.Tensor] = None
+    appearance_mask: Optional[torch.Tensor] = None
+    fresh: Optional[torch.Tensor] = None
+
+
+def region_shares(structure_masks: List[Optional[torch.Tensor]], size) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Each region's share of every latent pixel and the output's own share: region 0 without
+    a mask takes 1 - min(1, sum of the others); where the shares sum above 1 each is divided by
+    that sum; own = 1 - sum of the shares."""
+    if any(mask is None for mask in structure_masks[1:]):
+        raise ValueError("only region 0 may come without a structure mask")
+    shares = [None if mask is None else mask.to(torch.float32) for mask in structure_masks]
+    if shares[0] is None:
+        others = torch.zeros(size, dtype=torch.float32)
+        for share in shares[1:]:
+            others = others + share
+        shares[0] = 1 - others.clamp(max=1.0)
+    total = torch.zeros(size, dtype=torch.float32)
+    for share in shares:
+        total = total + share
+    over = total > 1
+    shares = [torch.where(over, share / total, share) for share in shares]
+    summed = torch.zeros(size, dtype=torch.float32)
+    for share in shares:
+        summed = summed + share
+    return shares, 1 - summed
+
+
+def pool(mask: torch.Tensor, grid) -> torch.Tensor:
+    """A latent-size (h, w) map averaged over a token grid (rows, cols), flattened row-major."""
+    return F.adaptive_avg_pool2d(mask[None, None].to(torch.float32), grid).flatten()
+
+
 class NaiveAttention:
     """A diffusers attention processor computing softmax(QK^T/sqrt(d)) V with the whole map;
     in decoder self-attention at the swapped grids, during the swap pass, the output row takes
     the appearance's (or, on injection steps, the structure's) keys and values, and its
-    probabilities get the contrast clip((A - 1/N) beta + 1/N, 0, 1), not renormalised."""
+    probabilities get the contrast clip((A - 1/N) beta + 1/N, 0, 1), not renormalised. With
+    regions (not on injection steps) the output row instead mixes each region's contrast
+    attention over its appearance's allowed keys and its own plain attention (attend_regions)."""
 
     def __init__(self, owner: "Reference", name: str):
         self.owner, self.name = owner, name
@@ -115,18 +170,56 @@ class NaiveAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        source = self.owner.key_value_source(hidden_states.shape[1]) if self.decoder_self_attention else None
-        alone = self.owner.alone
+        owner, contrast = self.owner, self.owner.settings.contrast
+        kind = owner.key_value_source(hidden_states.shape[1]) if self.decoder_self_attention else None
+        # regions: the output mixes its regions' appearances and itself (not on injection steps)
+        regional = kind == APP and owner.regional
+        source = None if kind is None or regional else owner.row_of(kind)
+        alone = owner.alone
         if self.decoder_self_attention and alone is not None:
-            # one latent per call (images of different sizes): the appearance and the structure
+            # one latent per call (images of different sizes): the appearances and the structure
             # run first and leave their keys and values here for the output's call
-            self.owner.kept[self.name, alone] = k, v
+            owner.kept[self.name, alone] = k, v
+            if alone == OUT and regional:
+                lent = [owner.kept[self.name, row] for row in owner.appearance_rows]
+                out = self.attend_regions(q, k, v, lent, attn.heads, *owner.region_maps(q.shape[1]), contrast)
+                return attn.to_out[1](attn.to_out[0](out))
             if alone == OUT and source is not None:
-                (k, v), source = self.owner.kept[self.name, source], OUT
+                (k, v), source = owner.kept[self.name, source], OUT
             else:
-                source = None
-        out = self.attend(q, k, v, attn.heads, source, self.owner.settings.contrast)
+                source, regional = None, False
+        if regional:  # the batch: every row attends to its own keys, then the output row mixes
+            out = self.attend(q, k, v, attn.heads, None, contrast)
+            lent = [(k[row:row + 1], v[row:row + 1]) for row in owner.appearance_rows]
+            out[OUT] = self.attend_regions(q[OUT:OUT + 1], k[OUT:OUT + 1], v[OUT:OUT + 1], lent, attn.heads,
+                                           *owner.region_maps(q.shape[1]), contrast)[0]
+        else:
+            out = self.attend(q, k, v, attn.heads, source, contrast)
         return attn.to_out[1](attn.to_out[0](out))
+
+    @staticmethod
+    def attend_regions(q, k, v, lent, heads: int, weights, own, allowed, contrast: float):
+        """The output's attention in a regional swap: sum_r weights[r] * (contrast attention of
+        q over lent[r]'s keys and values where allowed[r]) + own * (plain attention over its own
+        k, v). q, k, v (1, N, heads * d); lent: (k_r, v_r) (1, N_r, heads * d); weights[r] and
+        own (N,), allowed[r] boolean (N_r,). The contrast clip((P - 1/n) beta + 1/n, 0, 1), n the
+        allowed keys, is not renormalised."""
+        n = q.shape[1]
+
+        def split(t):
+            return t.reshape(1, t.shape[1], heads, -1).transpose(1, 2)  # (1, heads, tokens, d)
+        q = split(q)
+        scale = q.shape[-1] ** -0.5
+        plain = (q @ split(k).transpose(-1, -2) * scale).softmax(dim=-1) @ split(v)
+        out = own[:, None] * plain
+        for (k_r, v_r), w, keep in zip(lent, weights, allowed):
+            k_r, v_r = split(k_r)[:, :, keep], split(v_r)[:, :, keep]
+            probs = (q @ k_r.transpose(-1, -2) * scale).softmax(dim=-1)
+            if contrast != 1.0:
+                mean = 1.0 / probs.shape[-1]
+                probs = ((probs - mean) * contrast + mean).clamp(0.0, 1.0)
+            out = out + w[:, None] * (probs @ v_r)
+        return out.transpose(1, 2).reshape(1, n, -1)
 
     @staticmethod
     def attend(q, k, v, heads: int, source: Optional[int], contrast: float):
@@ -159,6 +252,10 @@ class Reference:
         self.evaluations = self.calls = 0
         self.swap, self.step, self.latent_tokens = False, None, None
         self.alone, self.kept = None, {}  # the row a one-latent call runs; keys and values it left
+        self.latent_size = None  # (H, W) of the latents in the current UNet call
+        # rows of the appearances and of the structure in the sampling batch, and the regions
+        # (None, or shares and appearance masks when the output mixes its appearances)
+        self.appearance_rows, self.structure_row, self.regions = [APP], STRUCT, None
         unet.set_attn_processor({name: NaiveAttention(self, name) for name in unet.attn_processors})
 
     # -- the swap -------------------------------------------------------------------
@@ -172,6 +269,35 @@ class Reference:
         injects = s.structure_every > 0 and self.step % s.structure_every == 0 and self.step < s.structure_until
         return STRUCT if injects else APP
 
+    @property
+    def regional(self) -> bool:
+        return self.regions is not None
+
+    def row_of(self, kind: int) -> int:
+        """The batch row of the keys and values key_value_source names."""
+        if kind == STRUCT:
+            return self.structure_row
+        assert len(self.appearance_rows) == 1
+        return self.appearance_rows[0]
+
+    def region_maps(self, tokens: int):
+        """At a layer with `tokens` queries on the output's latent (H, W): the token grid
+        (ceil(H/f), ceil(W/f)) of its downsampling factor f; each region's share and the own
+        share pooled to it; each region's allowed appearance keys (pooled appearance mask
+        >= 0.5 on its grid (ceil(Ha/f), ceil(Wa/f)); all where it has none)."""
+        h, w = self.latent_size
+        factor = next(f for f in (2 ** i for i in range(8))
+                      if math.ceil(h / f) * math.ceil(w / f) == tokens)
+        grid = (math.ceil(h / factor), math.ceil(w / factor))
+        weights = [pool(share, grid) for share in self.regions["shares"]]
+        own = pool(self.regions["own"], grid)
+        allowed = []
+        for mask, (ha, wa) in zip(self.regions["appearance_masks"], self.regions["appearance_sizes"]):
+            app_grid = (math.ceil(ha / factor), math.ceil(wa / factor))
+            allowed.append(torch.ones(app_grid[0] * app_grid[1], dtype=torch.bool) if mask is None
+                           else pool(mask, app_grid) >= 0.5)
+        return weights, own, allowed
+
     # -- the model ------------------------------------------------------------------
     def abar_at(self, index: int) -> float:
         """alphas_cumprod at timesteps[index]; index == steps is the clean end."""
@@ -182,6 +308,7 @@ class Reference:
         self.evaluations += x.shape[0]
         self.calls += 1
         self.latent_tokens = x.shape[-2] * x.shape[-1]
+        self.latent_size = tuple(x.shape[-2:])
         timestep = torch.full((x.shape[0],), float(t), device=x.device)
         added = {}
         if self.pooled is not None:  # SDXL: time_ids in diffusers' order (original h, w, crop top, left, target h, w)
@@ -255,18 +382,35 @@ class Reference:
         return torch.stack(xs)
 
     # -- sampling -------------------------------------------------------------------
-    def transfer(self, appearance: torch.Tensor, structure: torch.Tensor, fresh_appearance=None,
-                 fresh_structure=None, structure_mask=None, appearance_mask=None) -> torch.Tensor:
+    def transfer(self, appearance: Optional[torch.Tensor], structure: torch.Tensor, fresh_appearance=None,
+                 fresh_structure=None, structure_mask=None, appearance_mask=None,
+                 regions: Optional[List[Region]] = None) -> torch.Tensor:
         """Invert both clean latents (1, C, H, W), sample the output; returns it (1, C, H, W).
-        fresh_*: DDPM inversion draws (steps, 1, C, H, W); masks: boolean (H, W) for masked AdaIN."""
+        fresh_*: DDPM inversion draws (steps, 1, C, H, W); masks: boolean (H, W) for masked AdaIN.
+        regions: instead of appearance, fresh_appearance and the masks, the appearances and
+        their masks (Region); region 0 is the main appearance. Latent AdaIN then runs once per
+        region, r = 0 .. R-1, within its share of the output and its appearance mask (both 0 or 1)."""
         s = self.settings
+        if regions is None:
+            regions = [Region(appearance, fresh=fresh_appearance)]
+            adain_masks = [(structure_mask, appearance_mask)]
+            self.regions = None
+        else:
+            if appearance is not None or fresh_appearance is not None or structure_mask is not None \
+                    or appearance_mask is not None:
+                raise ValueError("with regions, the appearances and the masks come in the regions")
+            adain_masks, self.regions = self.plan_regions(regions, structure.shape[-2:], s.adain_from is not None)
+        rows = len(regions)
+        self.appearance_rows, self.structure_row = list(range(1, 1 + rows)), 1 + rows
         if s.inversion == "ddpm":
-            xs_app, zs_app = self.invert_ddpm(appearance, fresh_appearance)
+            apps = [self.invert_ddpm(region.appearance, region.fresh) for region in regions]
+            xs_apps, zs_apps = [xs for xs, _ in apps], [zs for _, zs in apps]
             xs_struct, zs_struct = self.invert_ddpm(structure, fresh_structure)
         else:
-            xs_app, xs_struct = self.invert_ddim(appearance), self.invert_ddim(structure)
-        x = [xs_struct[s.skip], xs_app[s.skip], xs_struct[s.skip]]  # OUT, APP, STRUCT
-        zs = [zs_struct, zs_app, zs_struct] if s.inversion == "ddpm" else None
+            xs_apps, xs_struct = [self.invert_ddim(region.appearance) for region in regions], self.invert_ddim(structure)
+        # OUT, the appearances (APP when there is one), STRUCT (the last row)
+        x = [xs_struct[s.skip]] + [xs[s.skip] for xs in xs_apps] + [xs_struct[s.skip]]
+        zs = [zs_struct] + zs_apps + [zs_struct] if s.inversion == "ddpm" else None
         n = s.steps - s.skip
         scales = torch.linspace(s.guidance[0], s.guidance[1], n, dtype=torch.float64) if s.guidance else None
         for i in range(n):
@@ -279,24 +423,47 @@ class Reference:
             eps = eps_swap
             if scales is not None and i >= s.guidance[2]:
                 eps = [plain + float(scales[i]) * (swap - plain) for swap, plain in zip(eps_swap, eps_plain)]
-            for row in (OUT, APP, STRUCT):
+            for row in range(len(x)):
                 if s.inversion == "ddpm":
                     mean, var = self.ddpm_mean_var(x[row], eps[row], index)
                     x[row] = mean + var ** 0.5 * zs[row][index]
                 else:
                     x[row] = self.ddim_step(x[row], eps[row], index, index + 1)
             if s.adain_from is not None and s.adain_from <= i < s.adain_until:
-                x[OUT] = adain(x[OUT][0], x[APP][0], structure_mask, appearance_mask)[None]
+                for row, (content, style) in zip(self.appearance_rows, adain_masks):
+                    x[OUT] = adain(x[OUT][0], x[row][0], content, style)[None]
         return x[OUT]
 
+    @staticmethod
+    def plan_regions(regions: List[Region], size, adain: bool):
+        """Latent AdaIN's masks per region (boolean; None where all pixels) and the attention's
+        region plan (None when one region has no masks: the computation without regions).
+        AdaIN's masks are the shares after normalisation and the appearance masks, which must
+        then be 0 or 1 (the masked AdaIN here selects pixels; soft masks are not defined)."""
+        if len(regions) == 1 and regions[0].structure_mask is None and regions[0].appearance_mask is None:
+            return [(None, None)], None
+        shares, own = region_shares([region.structure_mask for region in regions], tuple(size))
+        adain_masks = []
+        for share, region in zip(shares, regions):
+            for mask in (share, region.appearance_mask):
+                if adain and mask is not None and not bool(((mask == 0) | (mask == 1)).all()):
+                    raise ValueError("latent AdaIN with regions takes 0/1 shares and appearance masks only")
+            content = share == 1
+            style = None if region.appearance_mask is None else region.appearance_mask == 1
+            adain_masks.append((None if bool(content.all()) else content,
+                                None if style is None or bool(style.all()) else style))
+        plan = {"shares": shares, "own": own, "appearance_masks": [region.appearance_mask for region in regions],
+                "appearance_sizes": [tuple(region.appearance.shape[-2:]) for region in regions]}
+        return adain_masks, plan
+
     def batch_eps(self, x: list, t: int) -> list:
-        """eps of the latents [output, appearance, structure]: one batch of three when their
-        sizes agree; else one latent per call, the appearance and the structure first, so that
-        the output's call finds their keys and values."""
+        """eps of the latents [output, appearance(s), structure]: one batch when their sizes
+        agree; else one latent per call, the appearances and the structure first, so that the
+        output's call finds their keys and values."""
         if all(row.shape == x[OUT].shape for row in x):
             return list(self.eps(torch.cat(x), t, self.cond).split(1))
-        eps = [None] * 3
-        for row in (APP, STRUCT, OUT):
+        eps = [None] * len(x)
+        for row in list(range(1, len(x))) + [OUT]:
             self.alone = row
             eps[row] = self.eps(x[row], t, self.cond)
         self.alone = None
