@@ -1,6 +1,7 @@
 """The attn1 replacement ComfyUI calls in the decoder layers Cross-Image Attention patched. It
 decides nothing: each model call of the Cross-Image Sampler carries a CallPlan, made by the
 sampler's guider, that says what the batch holds and whose keys and values each row uses."""
+import contextvars
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -58,40 +59,103 @@ class CrossImageSelfAttention:
     def __deepcopy__(self, memo):
         return self
 
-    # Compiled graphs must not bake in a call's plan (ComfyUI 0.33.0's TorchCompileModel skips guards on transformer_options)
-    @torch.compiler.disable
     def __call__(self, q, k, v, extra_options):
-        plan = extra_options.get(PLAN_KEY)
-        if plan is None:
-            raise RuntimeError("model: this MODEL is patched by Cross-Image Attention, which only the Cross-Image "
-                               "Sampler can run; sample it there, or use the MODEL from before Cross-Image Attention")
-        # ComfyUI's attention, or the one another node chose for this model (an
-        # optimized_attention_override in transformer_options), for every row that is not
-        # given contrast; the contrast needs the probabilities, so it is computed here.
-        attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
-                            attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
-        if plan.lend_to is not None:
-            layer, chunks = layer_and_chunks(extra_options)
-            for chunk, keys, values in zip(chunks, k.chunk(len(chunks)), v.chunk(len(chunks))):
-                plan.lend_to[layer, chunk] = keys, values
-        if not plan.swap:
-            return attention(q, k, v)
-        swapped_attention = None  # strength 1 keeps the model's attention for every row
-        if plan.contrast != 1.0:
-            swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast,
-                                        budget_elements=plan.contrast_budget)
-        layout, lent = plan.layout, None
-        if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
-            layer, chunks = layer_and_chunks(extra_options)
-            pairs = [plan.lent[layer, chunk] for chunk in chunks]
-            lent = pairs[0] if len(pairs) == 1 else tuple(torch.cat(part) for part in zip(*pairs))
-        shape = (q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures, plan.from_structure,
-                 layout.n_plain, layout.appearances_lent)
-        if plan.regions is not None:
-            sources = [key_value_sources(*shape, appearance=r) for r in range(len(plan.regions))]
-            shares = plan.regions.at(q.shape[1], (k if lent is None else lent[0]).shape[1], q.device)
-            return regional_attention(q, k, v, sources, shares, attention, swapped_attention, lent)
-        return cross_image_attention(q, k, v, key_value_sources(*shape), attention, swapped_attention, lent)
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile (TorchCompileModel): one opaque op, which reads the call's
+            # plan when it runs. Traced, the plan would be baked into the graph (ComfyUI 0.33.0's
+            # TorchCompileModel skips the guards on transformer_options) or guarded on (a
+            # recompile per call); a graph break would split the UNet's block loop into blocks
+            # compiled one by one.
+            block, block_id = extra_options["block"]
+            return torch.ops.cross_image_attention.self_attention(
+                q, k, v, block, block_id, extra_options["block_index"], extra_options["n_heads"],
+                extra_options.get("attn_precision"))
+        return self_attention(q, k, v, extra_options)
+
+
+def self_attention(q, k, v, extra_options, compiled=False):
+    """CrossImageSelfAttention's work, by the call's plan. compiled: lend copies of the keys and
+    values (in a compiled graph, their memory is reused after the op)."""
+    plan = extra_options.get(PLAN_KEY)
+    if plan is None:
+        raise RuntimeError("model: this MODEL is patched by Cross-Image Attention, which only the Cross-Image "
+                           "Sampler can run; sample it there, or use the MODEL from before Cross-Image Attention")
+    # ComfyUI's attention, or the one another node chose for this model (an
+    # optimized_attention_override in transformer_options), for every row that is not
+    # given contrast; the contrast needs the probabilities, so it is computed here.
+    attention = partial(comfy_attention.optimized_attention, heads=extra_options["n_heads"],
+                        attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
+    if plan.lend_to is not None:
+        layer, chunks = layer_and_chunks(extra_options)
+        for chunk, keys, values in zip(chunks, k.chunk(len(chunks)), v.chunk(len(chunks))):
+            plan.lend_to[layer, chunk] = (keys.clone(), values.clone()) if compiled else (keys, values)
+    if not plan.swap:
+        return attention(q, k, v)
+    swapped_attention = None  # strength 1 keeps the model's attention for every row
+    if plan.contrast != 1.0:
+        swapped_attention = partial(contrast_attention, heads=extra_options["n_heads"], strength=plan.contrast,
+                                    budget_elements=plan.contrast_budget)
+    layout, lent = plan.layout, None
+    if layout.appearances_lent and not plan.from_structure:  # this call's chunks, in its order
+        layer, chunks = layer_and_chunks(extra_options)
+        pairs = [plan.lent[layer, chunk] for chunk in chunks]
+        lent = pairs[0] if len(pairs) == 1 else tuple(torch.cat(part) for part in zip(*pairs))
+    shape = (q.shape[0], layout.n_outputs, layout.n_appearances, layout.n_structures, plan.from_structure,
+             layout.n_plain, layout.appearances_lent)
+    if plan.regions is not None:
+        sources = [key_value_sources(*shape, appearance=r) for r in range(len(plan.regions))]
+        shares = plan.regions.at(q.shape[1], (k if lent is None else lent[0]).shape[1], q.device)
+        return regional_attention(q, k, v, sources, shares, attention, swapped_attention, lent)
+    return cross_image_attention(q, k, v, key_value_sources(*shape), attention, swapped_attention, lent)
+
+
+# The running model call's transformer_options (its plan, conditioning chunks, attention
+# override), for the op in compiled graphs; kept by an APPLY_MODEL wrapper on the patched MODEL.
+_CALL_OPTIONS = contextvars.ContextVar("cross_image_call_options", default=None)
+WRAPPER_KEY = "cross_image_attention"
+
+
+def keep_call_options(executor, *args, **kwargs):
+    """APPLY_MODEL wrapper; BaseModel.apply_model(x, t, c_concat, c_crossattn, control,
+    transformer_options, **kwargs) hands it its arguments."""
+    token = _CALL_OPTIONS.set(args[5] if len(args) > 5 else kwargs.get("transformer_options", {}))
+    try:
+        # A keyword the UNet takes in its **kwargs and ignores: compiled graphs guard on it, so
+        # the patched model's calls and the plain model's never share one (ComfyUI 0.33.0's
+        # TorchCompileModel skips the guards on transformer_options, where the patches are).
+        return executor(*args, **kwargs, cross_image_attention=True)
+    finally:
+        _CALL_OPTIONS.reset(token)
+
+
+@torch.library.custom_op("cross_image_attention::self_attention", mutates_args=())
+def compiled_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: str, block_id: int,
+                            block_index: int, n_heads: int, attn_precision: Optional[torch.dtype]) -> torch.Tensor:
+    """CrossImageSelfAttention in a compiled graph: the layer's constants are arguments; the
+    call's transformer_options are read when it runs."""
+    extra = {**(_CALL_OPTIONS.get() or {}), "block": (block, block_id), "block_index": block_index,
+             "n_heads": n_heads, "attn_precision": attn_precision}
+    return self_attention(q, k, v, extra, compiled=True)
+
+
+@compiled_self_attention.register_fake
+def _(q, k, v, block, block_id, block_index, n_heads, attn_precision):
+    return q.new_empty(q.shape[:-1] + v.shape[-1:])
+
+
+def require_exact_when_compiled(model) -> None:
+    """Raise a ValueError unless the MODEL runs exactly under torch.compile: not compiled
+    (TorchCompileModel), or compiled with ComfyUI's PyTorch attention (the one it picks on
+    NVIDIA GPUs) and no other node's. Other attentions break ComfyUI's graphs inside every
+    layer; ComfyUI 0.33.0's TorchCompileModel then reuses a block compiled for a plain layer in
+    a patched one (it skips the guards on transformer_options, where the patches are)."""
+    if "torch_compile_kwargs" not in model.model_options:
+        return
+    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    if comfy_attention.optimized_attention is not comfy_attention.attention_pytorch or override is not None:
+        raise ValueError("model: compiled by TorchCompileModel with an attention other than ComfyUI's PyTorch "
+                         "attention, which the Cross-Image nodes cannot run exactly compiled; start ComfyUI with "
+                         "--use-pytorch-cross-attention (and no attention override), or remove TorchCompileModel")
 
 
 def layer_and_chunks(extra_options) -> tuple:

@@ -2,10 +2,12 @@
 looks at the appearance image's keys and values."""
 import logging
 
+import comfy.patcher_extension
+
 from ..core.levels import paper_levels
 from ..core.regions import keyless
 from .appearance_region import appearance_masks, region_mask, require_regions
-from .attention_patch import CrossImageSelfAttention, attn1_replacements
+from .attention_patch import WRAPPER_KEY, CrossImageSelfAttention, attn1_replacements, keep_call_options
 from .checks import require_number
 from .model_info import decoder_attention_levels, decoder_level_factors, layer_name, parse_levels, require_inversion
 from .settings import SETTINGS_KEY, AppearanceRegion, ContrastSettings, CrossImageSettings
@@ -95,6 +97,7 @@ class CrossImageAttention(io.ComfyNode):
             for block_id, index in layers[level]:
                 patched.set_model_attn1_replace(attention, "output", block_id, index)
         patched.model_options["transformer_options"][SETTINGS_KEY] = settings
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, keep_call_options)
         return io.NodeOutput(patched)
 
 

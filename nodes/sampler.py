@@ -7,7 +7,7 @@ from ..core.packing import pack
 from ..core.regions import Regions, region_shares
 from ..core.schedule import step_index
 from .appearance_region import appearance_masks
-from .attention_patch import BatchLayout, require_own_layers
+from .attention_patch import BatchLayout, require_exact_when_compiled, require_own_layers
 from .checks import latent_mask, require_number, require_steps
 from .cross_image_guider import CrossImageGuider
 from .guided_sampling import make_guider, run_sampler
@@ -117,6 +117,7 @@ class CrossImageSampler(io.ComfyNode):
                                      "the Cross-Image Sampler does not take it yet (apply it to a plain sampling "
                                      "of the output instead)")
             require_own_layers(model, settings.levels)
+            require_exact_when_compiled(model)
             for appearance in settings.appearances:
                 structure.check_pairs_with(appearance, "structure", "appearance")
             steps = structure.steps
