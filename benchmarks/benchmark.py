@@ -66,8 +66,14 @@ def measure(args):
     import tiny_models
     from reference import Reference, Settings, diffusers_twin
     folder = tempfile.mkdtemp(prefix="cia-benchmark-")
+    if args.compile:  # the pack runs compiled models with ComfyUI's PyTorch attention only: all runners use it
+        sys.path.insert(0, os.environ["COMFYUI_PATH"])
+        from comfy.cli_args import args as comfy_args
+        comfy_args.use_pytorch_cross_attention = True
     nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
     import comfy.model_management
+    import comfy.utils
+    comfy.utils.PROGRESS_BAR_ENABLED = False
     pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
     structures = [int(n) for n in args.structures.split(",")] if args.structures else []
     device = comfy.model_management.get_torch_device()
@@ -171,7 +177,8 @@ def measure(args):
                "ours, object only (masks)": lambda s: ours(s, regional="object"),
                "ours, two appearances by region": lambda s: ours(s, regional="two appearances")}
     if args.compile:
-        compiled = node("TorchCompileModel").execute(model, "inductor")[0]
+        from comfy_extras.nodes_torch_compile import TorchCompileModel  # not in the registry headless loads
+        compiled = TorchCompileModel.execute(model, "inductor")[0]
         runners["ours, TorchCompileModel"] = lambda s: ours(s, patcher=compiled)
     if args.appearance_size:
         runners["ours, same-size appearance"] = lambda s: ours(s, "same-size appearance")
@@ -203,7 +210,7 @@ def measure(args):
         if label == "paper defaults":
             for n in structures:
                 t_n = statistics.median(ours(s, structures=n)[0] for _ in range(args.runs))
-                print(f"{label:18s} one appearance onto {n} structures: seconds per image  ours {t_n / n:7.2f}  "
+                print(f"{label:18s} one appearance onto {n} structure(s): seconds per image  ours {t_n / n:7.2f}  "
                       f"reference {t_ref:7.2f}  ratio {t_n / n / t_ref:.3f}  (ours for one: {t:.2f})")
     for which in ("ours", "ours, least chunks", "reference"):
         peak, seconds = attention_step_cost(which, args.dtype)
