@@ -33,8 +33,6 @@ import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "scripts")]
 
 SD15_UNET = dict(  # the full SD1.5 UNet architecture (ComfyUI's detected config)
     use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
@@ -67,25 +65,27 @@ def measure(args):
     from reference import Reference, Settings, diffusers_twin
     folder = tempfile.mkdtemp(prefix="cia-benchmark-")
     if args.compile:  # the pack runs compiled models with ComfyUI's PyTorch attention only: all runners use it
-        sys.path.insert(0, os.environ["COMFYUI_PATH"])
+        headless.use_comfyui(os.environ["COMFYUI_PATH"])
         from comfy.cli_args import args as comfy_args
         comfy_args.use_pytorch_cross_attention = True
     nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
     import comfy.model_management
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
+    pack = headless.pack_module()
     structures = [int(n) for n in args.structures.split(",")] if args.structures else []
     device = comfy.model_management.get_torch_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     unet = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}.get(args.model) or tiny_models.tiny_unet_config()
-    model = tiny_models.random_model(unet, device=device, dtype=dtype, family="sdxl" if args.model == "sdxl" else "sd15")
+    family = "sdxl" if args.model == "sdxl" else "sd15"
+    model = tiny_models.random_model(unet, device=device, dtype=dtype, family=family)
     twin = diffusers_twin(model).to(device, dtype)
     latent = args.size // 8
     g = torch.Generator().manual_seed(0)
     config = model.model.model_config.unet_config
     cond, uncond = (torch.randn(1, 77, config["context_dim"], generator=g) for _ in range(2))
-    clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g) for name in ("appearance", "structure")}
+    clean = {name: torch.randn(1, 4, latent, latent * args.aspect // 2, generator=g)
+             for name in ("appearance", "structure")}
     clean["second appearance"] = torch.randn(clean["appearance"].shape, generator=g)
     masks = {name: object_mask(clean[name].shape[-2:]) for name in ("structure", "appearance")}
     clean["more structures"] = torch.randn(max(structures + [1]) - 1, 4, latent, latent * args.aspect // 2, generator=g)
@@ -97,7 +97,8 @@ def measure(args):
     if args.model == "sdxl":  # SDXL's prompts carry a pooled text embedding too
         pooled = {name: torch.randn(1, config["adm_in_channels"] - 6 * 256, generator=g)
                   for name in ("pooled", "uncond_pooled")}
-        prompts = ([[cond, {"pooled_output": pooled["pooled"]}]], [[uncond, {"pooled_output": pooled["uncond_pooled"]}]])
+        prompts = ([[cond, {"pooled_output": pooled["pooled"]}]],
+                   [[uncond, {"pooled_output": pooled["uncond_pooled"]}]])
     node = nodes.NODE_CLASS_MAPPINGS.__getitem__  # node("CrossImageSampler").execute(...)
     weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()) / GIB
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, model: {args.model}, "
@@ -132,7 +133,8 @@ def measure(args):
 
         def run():
             if pair:
-                inverted, appearing = node_graph.invert_pair(node, counted, structure, clean[appearance], *prompts, s, 0)
+                inverted, appearing = node_graph.invert_pair(node, counted, structure, clean[appearance], *prompts,
+                                                             s, 0)
             else:
                 appearing, inverted = (node_graph.invert(node, counted, latent, *prompts, s, 0)
                                        for latent in (clean[appearance], structure))
@@ -148,13 +150,13 @@ def measure(args):
 
     def least_chunks(s):
         """Ours with the contrast in chunks of the least budget, whatever the free memory."""
-        guider = pack.nodes.cross_image_guider
-        chosen = guider.budget_from_free_memory
-        guider.budget_from_free_memory = lambda free_bytes: pack.core.contrast.LEAST_BUDGET
+        plan = pack.core.plan
+        chosen = plan.budget_from_free_memory
+        plan.budget_from_free_memory = lambda free_bytes: pack.core.contrast.LEAST_BUDGET
         try:
             return ours(s)
         finally:
-            guider.budget_from_free_memory = chosen
+            plan.budget_from_free_memory = chosen
 
     def reference(s):
         ref = Reference(twin, s, cond.to(device, dtype), uncond.to(device, dtype),
@@ -201,7 +203,8 @@ def measure(args):
             memory = "" if m is None else f", working MiB {m_other / MIB:.1f} vs {m / MIB:.1f}"
             print(f"{label:18s} {name[6:]} vs ours: items {e_other} vs {e}, calls {c_other} vs {c}, "
                   f"seconds {t_other:.2f} vs {t:.2f}  "
-                  f"ratio {t_other / t:.3f}{memory}, output max |difference| {float((out_other - out).abs().max()):.1e}")
+                  f"ratio {t_other / t:.3f}{memory}, output max |difference| "
+                  f"{float((out_other - out).abs().max()):.1e}")
         if args.appearance_size:
             t_same, m_same, (e_same, c_same), _ = results["ours, same-size appearance"]
             memory = "" if m is None else f", working MiB {m / MIB:.1f} vs {m_same / MIB:.1f}"
@@ -233,10 +236,10 @@ def patch_cost(pack, device, dtype, calls: int = 2000):
     """Seconds per call of a patched attn1 layer (a swapping plan, no contrast) and of ComfyUI's
     attention on the same small inputs alone: what the patch adds per layer in Python and kernels."""
     import comfy.ldm.modules.attention as comfy_attention
-    patch = pack.nodes.attention_patch
     q, k, v = (torch.randn(2, 64, 320, device=device, dtype=dtype) for _ in range(3))
-    options = {"n_heads": 8, patch.PLAN_KEY: patch.CallPlan(step=0, layout=patch.BatchLayout(1, 1), swap=True)}
-    replacement = patch.CrossImageSelfAttention()
+    plan = pack.core.plan.CallPlan(step=0, rows=pack.core.rows.CallRows(1, 1), swap=True)
+    options = {"n_heads": 8, "block": ("output", 0), "block_index": 0, pack.nodes.sampling.patch.PLAN_KEY: plan}
+    replacement = pack.nodes.sampling.unet.SELF_ATTENTION
     timings = []
     for run in (lambda: replacement(q, k, v, options), lambda: comfy_attention.optimized_attention(q, k, v, heads=8)):
         run()
@@ -254,7 +257,8 @@ def scaled(s, steps: int):
     sampled_before = s.steps - s.skip
     skip = round(s.skip * steps / s.steps)
     at = lambda step: round(step * (steps - skip) / sampled_before)  # noqa: E731
-    return dataclasses.replace(s, steps=steps, skip=skip, swap_from=at(s.swap_from), structure_until=at(s.structure_until),
+    return dataclasses.replace(s, steps=steps, skip=skip, swap_from=at(s.swap_from),
+                               structure_until=at(s.structure_until),
                                guidance=s.guidance[:2] + (at(s.guidance[2]),), adain_from=at(s.adain_from))
 
 
@@ -274,29 +278,30 @@ def attention_step_cost(which: str, dtype: str) -> tuple:
 def attention_step(which: str, dtype: str) -> str:
     from functools import partial
     import headless
-    sys.path.insert(0, os.environ["COMFYUI_PATH"])
+    headless.use_comfyui(os.environ["COMFYUI_PATH"])
     from comfy.cli_args import args
     args.use_pytorch_cross_attention = True  # rows without contrast: PyTorch SDPA, ComfyUI's choice on NVIDIA
     headless.start_comfyui(os.environ["COMFYUI_PATH"])
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management
     from reference import APP, NaiveAttention
-    pack = sys.modules[REPO.replace(".", "_x_")]  # the name ComfyUI imports a custom node folder under
+    pack = headless.pack_module()
     device = comfy.model_management.get_torch_device()
     kind = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     heads, tokens, inner = ATTENTION["heads"], ATTENTION["tokens"], ATTENTION["inner"]
-    sources = pack.core.cross_attention.key_value_sources(3, 1, 1, 1)
-    attention = partial(comfy_attention.optimized_attention, heads=heads)
+    sources = pack.core.rows.CallRows(1, 1, 1).kv_sources(3)
+    attention = partial(comfy_attention.optimized_attention, heads=heads, skip_reshape=True)
+    split = pack.nodes.sampling.patch.heads_first
     contrast = pack.core.contrast
     budget = contrast.LEAST_BUDGET  # "ours, least chunks"; "ours": what the guider gives a call
     if which == "ours":
         budget = contrast.budget_from_free_memory(comfy.model_management.get_free_memory(device))
-    swapped = partial(contrast.contrast_attention, heads=heads, strength=1.67, budget_elements=budget)
+    swapped = partial(contrast.contrast_attention, strength=1.67, budget_elements=budget)
 
     def run(q, k, v):
         if which == "reference":
             return NaiveAttention.attend(q, k, v, heads, APP, 1.67)
-        return pack.core.cross_attention.cross_image_attention(q, k, v, sources, attention, swapped)
+        return pack.core.kv_swap.swapped_attention(*split(heads, q, k, v), sources, attention, swapped)
 
     small = [torch.randn(3, 64, inner, device=device, dtype=kind) for _ in range(3)]
     run(*small)  # load kernels before measuring
@@ -338,7 +343,8 @@ def main():
     parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up run), at least 1")
-    parser.add_argument("--steps", type=int, default=0, help="schedule length instead of the paper's 100 (quick checks)")
+    parser.add_argument("--steps", type=int, default=0, help="schedule length instead of the paper's 100 (quick "
+                                                             "checks)")
     parser.add_argument("--appearance-size", metavar="HxW", default="",
                         help="an appearance image of this size in pixels (e.g. 320x192); ours is also timed with a "
                              "same-size appearance beside it")

@@ -1,6 +1,6 @@
 """Adaptive instance normalisation (Huang & Belongie 2017, eq. 8), optionally masked:
 AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y), per sample and channel."""
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -50,3 +50,19 @@ def _weights(mask: Optional[torch.Tensor], flat: torch.Tensor, name: str) -> tor
     if w.shape[0] not in (1, flat.shape[0]):
         raise ValueError(f"{name}: batch of {w.shape[0]} masks for {flat.shape[0]} images")
     return w.expand(flat.shape[0], 1, -1)
+
+
+def adain_by_regions(outputs: torch.Tensor, appearances: torch.Tensor, shares: Optional[torch.Tensor],
+                     appearance_masks: Sequence[Optional[torch.Tensor]],
+                     structure_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Latent AdaIN of the outputs (B, C, H, W) to the appearances. Without regions (shares
+    None): one AdaIN within structure_mask and appearance_masks[0] (latent size, or None). With
+    regions (core/regions.py: shares (R, H, W)), region after region: each region's share of the
+    outputs takes its appearance's statistics (appearances[r], within appearance_masks[r])."""
+    names = ("structure_mask", "appearance_mask")
+    if shares is None:
+        return adain(outputs, appearances, structure_mask, appearance_masks[0], mask_names=names)
+    for r, (share, mask) in enumerate(zip(shares, appearance_masks)):
+        outputs = adain(outputs, appearances[r:r + 1], share[None], None if mask is None else mask[None],
+                        mask_names=names)
+    return outputs

@@ -22,17 +22,16 @@ def query_chunk(heads: int, queries: int, keys: int, budget_elements: int) -> in
     return max(1, min(queries, budget_elements // max(1, heads * keys)))
 
 
-def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, strength: float,
+def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strength: float,
                        budget_elements: int = LEAST_BUDGET) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, Nq, heads*d), k and v (B, Nk, heads*d);
-    returns (B, Nq, heads*d). The probabilities are computed in float32."""
-    batch, queries, inner = q.shape
-    dim = inner // heads
-    q, k, v = (t.reshape(batch, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
+    """softmax(Q K^T / sqrt(d)) with contrast, times V. q (B, H, Nq, d), k and v (B, H, Nk, d),
+    heads first; returns (B, Nq, H * d), as ComfyUI's attention does. The probabilities are
+    computed in float32."""
+    batch, heads, queries, dim = q.shape
     keys = k.shape[2]
     mean = 1.0 / keys
     chunk = query_chunk(batch * heads, queries, keys, budget_elements)
-    out = torch.empty_like(q)
+    out = q.new_empty(batch, heads, queries, v.shape[-1])
     # float32 copies made once, not per chunk; the 1/sqrt(d) scale rides on the keys
     k_t, v = (k.transpose(-1, -2).float() * dim ** -0.5), v.float()
     for start in range(0, queries, chunk):
@@ -40,4 +39,4 @@ def contrast_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
         # (A - mean) * beta + mean, in place: one chunk-sized map at a time
         probs.mul_(strength).add_(mean * (1.0 - strength)).clamp_(0.0, 1.0)
         out[:, :, start:start + chunk] = probs @ v
-    return out.transpose(1, 2).reshape(batch, queries, inner)
+    return out.transpose(1, 2).reshape(batch, queries, -1)

@@ -14,7 +14,8 @@ import torch
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def ddpm_posterior(x_vp: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next: float) -> Tuple[torch.Tensor, float]:
+def ddpm_posterior(x_vp: torch.Tensor, eps: torch.Tensor, sigma: float,
+                   sigma_next: float) -> Tuple[torch.Tensor, float]:
     """Mean and std of the DDPM step from noise level sigma to sigma_next (Ho et al. 2020, eq. 7),
     with abar = 1 / (1 + sigma^2); std is 0 for the last step (sigma_next = 0)."""
     abar, abar_next = 1 / (sigma * sigma + 1), 1 / (sigma_next * sigma_next + 1)

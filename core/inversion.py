@@ -38,7 +38,8 @@ class Inversion:
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"inversion: {label} holds NaN or infinite values")
         if self.sigmas.ndim != 1 or self.trajectory.ndim != 5:
-            raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, channels, height, width), "
+            raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, channels, height, "
+                             "width), "
                              f"got {tuple(self.sigmas.shape)} and {tuple(self.trajectory.shape)}")
         if self.sigmas.shape[0] < 2 or bool((self.sigmas[:-1] <= self.sigmas[1:]).any()) or float(self.sigmas[-1]) < 0:
             raise ValueError("inversion: sigmas must be a schedule of at least one step, falling to 0 or above")
@@ -92,7 +93,8 @@ class Inversion:
         if metadata.get("version") != cls.FILE_VERSION:
             raise ValueError(f"{name}: saved inversion version {metadata.get('version')} is not supported "
                              f"(this pack reads version {cls.FILE_VERSION})")
-        missing = sorted({"sigmas", "trajectory"} - set(tensors)) + (["model_key"] if "model_key" not in metadata else [])
+        missing = sorted({"sigmas", "trajectory"} - set(tensors))
+        missing += ["model_key"] if "model_key" not in metadata else []
         if missing:
             raise ValueError(f"{name}: saved inversion lacks {missing}")
         try:

@@ -33,5 +33,6 @@ def unpack(rows: torch.Tensor, shape: tuple) -> torch.Tensor:
         return rows
     row_shape = tuple(rows.shape[1:])
     k, c = rows_per_latent(shape, row_shape), shape[0]
-    flat = rows.reshape(-1, k, c, row_shape[1] * row_shape[2]).transpose(1, 2).reshape(-1, c, k * row_shape[1] * row_shape[2])
+    per_row = row_shape[1] * row_shape[2]
+    flat = rows.reshape(-1, k, c, per_row).transpose(1, 2).reshape(-1, c, k * per_row)
     return flat[:, :, :shape[1] * shape[2]].reshape(-1, *shape)

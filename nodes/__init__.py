@@ -5,7 +5,8 @@ from comfy_api.latest import ComfyExtension
 from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
 from .appearance_region import CrossImageAppearanceRegion
-from .cross_image_attention import CrossImageAttention, CrossImageAttentionContrast
+from .attention_contrast import CrossImageAttentionContrast
+from .cross_image_attention import CrossImageAttention
 from .invert_ddim import CrossImageInvertDDIM
 from .invert_ddpm import CrossImageInvertDDPM
 from .invert_pair import CrossImageInvertPairDDIM, CrossImageInvertPairDDPM

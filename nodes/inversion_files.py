@@ -7,7 +7,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..core.inversion import Inversion
-from .model_info import require_inversion
+from .inputs import require_inversion
 from .sockets import CATEGORY, InversionSocket, io
 
 EXTENSION = ".safetensors"
@@ -54,7 +54,8 @@ class CrossImageSaveInversion(io.ComfyNode):
             inputs=[
                 InversionSocket.Input("inversion", tooltip="The inversion to keep."),
                 io.String.Input("filename_prefix", default="cross_image/inversion",
-                                tooltip="File name prefix inside the output folder; a counter is added. Load it with Load Inversion (listed as '... [output]')."),
+                                tooltip="File name prefix inside the output folder; a counter is added. Load it with "
+                                        "Load Inversion (listed as '... [output]')."),
             ],
             outputs=[],
             is_output_node=True,
@@ -84,9 +85,11 @@ class CrossImageLoadInversion(io.ComfyNode):
             description=("Loads an inversion saved by Save Inversion (from the input folder, or the output folder for "
                          "names ending in [output]). Only safetensors files are read."),
             inputs=[io.Combo.Input("inversion", options=saved_inversions(),
-                                   tooltip="A saved inversion file (input folder, or '[output]' for the output folder).")],
+                                   tooltip="A saved inversion file (input folder, or '[output]' for the output "
+                                           "folder).")],
             outputs=[InversionSocket.Output(display_name="inversion",
-                                            tooltip="The saved inversion; the sampler checks it was made with the same model and size.")],
+                                            tooltip="The saved inversion; the sampler checks it was made with the "
+                                                    "same model and size.")],
         )
 
     @classmethod

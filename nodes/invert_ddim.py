@@ -4,9 +4,9 @@ import torch
 
 from ..core.ddim import ddim_invert
 from ..core.inversion import Inversion
-from .checks import require_number
-from .guided_sampling import run_inversion
-from .model_info import model_key
+from .inputs import numbers
+from .sampling.identity import model_key
+from .sampling.runner import run_inversion
 from .sockets import ADVANCED, CATEGORY, InversionSocket, io
 
 
@@ -15,7 +15,8 @@ def inversion_inputs(steps_default, cfg_default, steps_tooltip, cfg_tooltip, ext
     return [
         io.Model.Input("model", tooltip="The diffusion model; sample later with this same model."),
         io.Latent.Input("latent", tooltip="The image to invert, from VAE Encode."),
-        io.Conditioning.Input("positive", tooltip="The prompt describing the image, e.g. 'a photo of an animal'. Use the same prompt when sampling."),
+        io.Conditioning.Input("positive", tooltip="The prompt describing the image, e.g. 'a photo of an animal'. Use "
+                                                  "the same prompt when sampling."),
         io.Int.Input("steps", default=steps_default, min=1, max=1000, tooltip=steps_tooltip),
         io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform", **ADVANCED,
                        tooltip="Noise schedule. ddim_uniform gives the DDIM timesteps of the paper's code."),
@@ -46,7 +47,8 @@ class CrossImageInvertDDIM(io.ComfyNode):
                          "image."),
             inputs=inversion_inputs(
                 50, 1.0, "Inversion steps; sampling uses the same schedule. More steps invert more exactly.",
-                "Classifier-free guidance during inversion. 1 inverts most faithfully; higher needs a negative prompt."),
+                "Classifier-free guidance during inversion. 1 inverts most faithfully; higher needs a negative "
+                "prompt."),
             outputs=inversion_outputs("The fully noised latent the inversion ends at."),
         )
 
@@ -58,8 +60,8 @@ class CrossImageInvertDDIM(io.ComfyNode):
     @classmethod
     def invert(cls, model, latents, positive, steps, scheduler, cfg, negative=None) -> list:
         """[(Inversion, noisy LATENT)] of each of `latents` ({input name: LATENT}), those of one
-        shape in the same model calls (guided_sampling.run_inversion)."""
-        cfg = require_number("cfg", cfg, 0.0, 100.0)
+        shape in the same model calls (sampling/runner.run_inversion)."""
+        (cfg,) = numbers(cls, cfg=cfg)
         sampling = model.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         floor = float(sampling.sigma_min)

@@ -4,10 +4,10 @@ import torch
 
 from ..core.ddpm import edit_friendly_invert
 from ..core.inversion import Inversion
-from .checks import require_number
-from .guided_sampling import run_inversion
+from .inputs import numbers
 from .invert_ddim import inversion_inputs, inversion_outputs
-from .model_info import model_key
+from .sampling.identity import model_key
+from .sampling.runner import run_inversion
 from .sockets import ADVANCED, CATEGORY, io
 
 
@@ -26,9 +26,11 @@ class CrossImageInvertDDPM(io.ComfyNode):
                 100, 3.5, "Steps of the schedule (paper: 100); the first `skip` of them are not used.",
                 "Classifier-free guidance of the noise predictions (paper: 3.5, with an empty negative prompt).",
                 extra=[io.Int.Input("skip", default=32, min=0, max=999, **ADVANCED,
-                                    tooltip="Steps skipped at the noisy end: sampling starts at step skip (paper: 32 of 100, t = 671). More skip keeps more of the structure image."),
+                                    tooltip="Steps skipped at the noisy end: sampling starts at step skip (paper: 32 "
+                                            "of 100, t = 671). More skip keeps more of the structure image."),
                        io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, **ADVANCED,
-                                    tooltip="Seed of the independent noise draws; the same seed gives the same inversion.")]),
+                                    tooltip="Seed of the independent noise draws; the same seed gives the same "
+                                            "inversion.")]),
             outputs=inversion_outputs("The noisy latent sampling starts from (after the skipped steps)."),
         )
 
@@ -41,9 +43,9 @@ class CrossImageInvertDDPM(io.ComfyNode):
     @classmethod
     def invert(cls, model, latents, positive, steps, scheduler, cfg, skip, seed, negative=None) -> list:
         """[(Inversion, noisy LATENT)] of each of `latents` ({input name: LATENT}), those of one
-        shape in the same model calls (guided_sampling.run_inversion). Each latent draws its
+        shape in the same model calls (sampling/runner.run_inversion). Each latent draws its
         noise from its own generator seeded with `seed`: inverted together or apart, the same."""
-        cfg = require_number("cfg", cfg, 0.0, 100.0)
+        (cfg,) = numbers(cls, cfg=cfg)
         sampling = model.get_model_object("model_sampling")
         schedule = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
         # some schedulers give fewer steps than asked (beta: 847 of 1000), some one more

@@ -17,7 +17,8 @@ PAIR_OUTPUTS = [
 
 def pair_schema(single: io.Schema, node_id: str, display_name: str) -> io.Schema:
     """The Invert node `single`'s schema with its latent input taken twice, and the two inversions out."""
-    latents = [io.Latent.Input("structure", tooltip="The structure image (layout, shape and pose to keep), from VAE Encode."),
+    latents = [io.Latent.Input("structure", tooltip="The structure image (layout, shape and pose to keep), from VAE "
+                                                    "Encode."),
                io.Latent.Input("appearance", tooltip="The appearance image (colours, textures, materials), from VAE "
                                                      "Encode. Of the structure's size, it is inverted in the same "
                                                      "model calls; of another size, in calls of its own.")]

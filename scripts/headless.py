@@ -14,15 +14,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
-def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=()):
-    """Import ComfyUI from `comfy_path`, point its folders, and load this pack's nodes.
-
-    Returns the `nodes` module (ComfyUI's node registry)."""
+def use_comfyui(comfy_path) -> str:
+    """Make the ComfyUI at `comfy_path` importable (as its own main.py runs from its folder)."""
     comfy_path = os.path.abspath(comfy_path)
     if not os.path.isfile(os.path.join(comfy_path, "comfy", "sd.py")):
         raise SystemExit(f"no ComfyUI at {comfy_path} (set COMFYUI_PATH)")
     if comfy_path not in sys.path:
         sys.path.insert(0, comfy_path)
+    return comfy_path
+
+
+def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=()):
+    """Import ComfyUI from `comfy_path`, point its folders, and load this pack's nodes.
+
+    Returns the `nodes` module (ComfyUI's node registry)."""
+    use_comfyui(comfy_path)
     import torch
     from comfy.cli_args import args
     if not torch.cuda.is_available():
@@ -40,6 +46,16 @@ def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=(
         if not asyncio.run(nodes.load_custom_node(REPO)):
             raise RuntimeError("the Cross-Image Attention nodes failed to load (see the log above)")
     return nodes
+
+
+def pack_module():
+    """This pack as ComfyUI imported it (custom nodes are imported under a name made from their
+    folder's path): the loaded module whose file is the pack's __init__.py."""
+    init = os.path.join(REPO, "__init__.py")
+    for module in list(sys.modules.values()):
+        if os.path.abspath(getattr(module, "__file__", None) or "") == init:
+            return module
+    raise RuntimeError("the Cross-Image Attention pack is not loaded: call start_comfyui first")
 
 
 def node_definition(node_class) -> dict:

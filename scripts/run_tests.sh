@@ -20,6 +20,7 @@ if [ -z "${COMFYUI_PATH:-}${CIA_COMFYUI_VERSION:-}" ]; then
   printf '\n=== tests passed on ComfyUI %s\n' "${releases[*]}"
   exit 0
 fi
-CIA_WITH_BROWSER=1 source "$here/setup_env.sh"
+CIA_WITH_TESTS=1 source "$here/setup_env.sh"
+"$PY" -m ruff check "$repo"  # the linter (pyproject.toml's [tool.ruff]) first: it takes a second
 cd "$repo/tests"  # the repo root is the node package itself: collect from inside tests/
 exec "$PY" -m pytest "$@"

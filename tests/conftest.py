@@ -2,16 +2,12 @@
 this pack loaded as a custom node, temporary input/output folders, and test models."""
 import json
 import os
-import sys
 
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "scripts")]
-
-import headless  # noqa: E402  (scripts/headless.py)
-from shipped import EXAMPLE_IMAGES, IMAGE_SIZE, WORKFLOWS  # noqa: E402
+import headless  # scripts/headless.py (pytest.ini's pythonpath)
+from shipped import EXAMPLE_IMAGES, IMAGE_SIZE, WORKFLOWS
 
 
 def _comfy_path() -> str:
@@ -41,7 +37,7 @@ def comfy_nodes(comfy_dirs):
 @pytest.fixture(scope="session")
 def pack(comfy_nodes):
     """This pack as ComfyUI imported it (gives access to pack.core and pack.nodes)."""
-    return sys.modules[REPO.replace(".", "_x_")]
+    return headless.pack_module()
 
 
 @pytest.fixture(scope="session")

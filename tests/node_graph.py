@@ -74,7 +74,8 @@ def transfer(node, model, cond, s: Settings, appearance, structure, masks=None, 
         adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, min(s.adain_until / n, 1.0),
                                                        *(masks or (None, None)))[0]
     sampler = "ddpm" if s.inversion == "ddpm" else "euler"
-    (out,) = node("CrossImageSampler").execute(patched, conditioning(cond), structure, sampler, 1.0, None, guidance, adain)
+    (out,) = node("CrossImageSampler").execute(patched, conditioning(cond), structure, sampler, 1.0, None, guidance,
+                                               adain)
     return out["samples"].to(structure.trajectory) * model.model.latent_format.scale_factor
 
 

@@ -303,7 +303,8 @@ class Reference:
         """alphas_cumprod at timesteps[index]; index == steps is the clean end."""
         return float(self.abar[self.timesteps[index]]) if index < len(self.timesteps) else self.settings.final_abar
 
-    def eps(self, x: torch.Tensor, t: int, context: torch.Tensor, pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: int, context: torch.Tensor,
+            pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The noise prediction at x; pooled: SDXL's pooled text rows (default: the prompt's)."""
         self.evaluations += x.shape[0]
         self.calls += 1
@@ -407,7 +408,8 @@ class Reference:
             xs_apps, zs_apps = [xs for xs, _ in apps], [zs for _, zs in apps]
             xs_struct, zs_struct = self.invert_ddpm(structure, fresh_structure)
         else:
-            xs_apps, xs_struct = [self.invert_ddim(region.appearance) for region in regions], self.invert_ddim(structure)
+            xs_apps = [self.invert_ddim(region.appearance) for region in regions]
+            xs_struct = self.invert_ddim(structure)
         # OUT, the appearances (APP when there is one), STRUCT (the last row)
         x = [xs_struct[s.skip]] + [xs[s.skip] for xs in xs_apps] + [xs_struct[s.skip]]
         zs = [zs_struct] + zs_apps + [zs_struct] if s.inversion == "ddpm" else None

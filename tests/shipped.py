@@ -1,4 +1,4 @@
-"""What the repository ships (scripts/shipped_files.py), as the tests use it."""
+"""What the repository ships (tools/shipped_files.py), as the tests use it."""
 import copy
 
 from shipped_files import EXAMPLE_IMAGES, REPO, WORKFLOWS  # noqa: F401

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_nodes import invert, latent
+from helpers import invert, latent
 
 NAN = math.nan
 
@@ -43,8 +43,12 @@ def test_nan_numbers_on_model_nodes_are_refused(node, tiny_model, cond, pair):
 
 
 @pytest.mark.parametrize("mask, message", [
-    (torch.full((1, 128, 192), 255.0), r"structure_mask: mask values must lie in \[0, 1\] \(got 255 to 255\)"),
-    (torch.full((1, 128, 192), NAN), r"structure_mask: mask values must lie in \[0, 1\]"),
+    (torch.full((1, 128, 192), 255.0),
+     r"structure_mask: mask values must lie in \[0, 1\] \(got 255 to 255\); scale it from 0-255 to 0-1"),
+    # a bicubic resize overshoots a little: the advice is to clamp, not to rescale
+    (torch.linspace(-0.03, 1.04, 128 * 192).reshape(1, 128, 192),
+     r"structure_mask: mask values must lie in \[0, 1\] \(got -0.03 to 1.04\); clamp it to 0-1 \(resizing"),
+    (torch.full((1, 128, 192), NAN), r"structure_mask: the mask holds NaN or infinite values"),
     (torch.ones(1, 128, 192, dtype=torch.uint8), "structure_mask: expected a MASK"),
 ])
 def test_masks_out_of_range_are_refused(node, mask, message):
@@ -107,14 +111,16 @@ TRAJECTORY = torch.zeros(3, 1, 4, 8, 8)
 
 
 @pytest.mark.parametrize("tensors, metadata, message", [
-    ({"sigmas": SIGMAS, "trajectory": TRAJECTORY.half()}, GOOD, "trajectory must be a float32 tensor, got torch.float16"),
+    ({"sigmas": SIGMAS, "trajectory": TRAJECTORY.half()}, GOOD, "trajectory must be a float32 tensor, got "
+                                                                "torch.float16"),
     ({"sigmas": SIGMAS, "trajectory": TRAJECTORY.int()}, GOOD, "trajectory must be a float32 tensor"),
     ({"sigmas": SIGMAS.flip(0), "trajectory": TRAJECTORY}, GOOD, "sigmas must be a schedule .* falling"),
     ({"sigmas": SIGMAS, "trajectory": TRAJECTORY.clone().fill_(NAN)}, GOOD, "trajectory holds NaN"),
     ({"sigmas": SIGMAS, "trajectory": TRAJECTORY}, {**GOOD, "method": "magic"}, "unknown method 'magic'"),
     ({"sigmas": SIGMAS, "trajectory": TRAJECTORY}, {k: v for k, v in GOOD.items() if k != "model_key"},
      r"lacks \['model_key'\]"),
-    ({"sigmas": SIGMAS, "trajectory": TRAJECTORY[:, 0]}, GOOD, "trajectory \\(steps, batch, channels, height, width\\)"),
+    ({"sigmas": SIGMAS, "trajectory": TRAJECTORY[:, 0]}, GOOD,
+     "trajectory \\(steps, batch, channels, height, width\\)"),
 ])
 def test_hostile_or_odd_files_are_refused(node, comfy_dirs, tensors, metadata, message):
     write(comfy_dirs["input"] / "odd.safetensors", tensors, metadata)

@@ -37,7 +37,7 @@ SHORT = Settings(inversion="ddim", steps=8, skip=0, inversion_cfg=2.0, guidance=
 # Swapping from the first step, without structure rows: two rows a call, as the inversions'.
 AT_ONCE = dataclasses.replace(SHORT, swap_from=0, structure_every=0, adain_from=None)
 TOLERANCE = 1e-4  # relative to the output's largest value (seen: 1e-6, float32 kernel round-off)
-PLAN_KEY = "cross_image_call_plan"  # nodes/attention_patch.py's, in transformer_options
+PLAN_KEY = "cross_image_call_plan"  # nodes/sampling/patch.py's, in transformer_options
 
 
 def torch_compile_node():

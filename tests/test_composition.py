@@ -4,7 +4,7 @@ with an error naming the conflict."""
 import pytest
 import torch
 
-from test_nodes import FINEST_TWO, invert, latent
+from helpers import FINEST_TWO, invert, latent
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,10 @@ def test_a_controlnet_steers_the_output_rows_only(node, tiny_model, cond, pair, 
     without it (they never see the output), while the output changes."""
     import comfy.model_base
     structure, appearance = pair
-    hint = torch.rand(1, 3, *(8 * side for side in structure.trajectory.shape[-2:]), generator=torch.Generator().manual_seed(3))
-    controlled = [[cond[0][0], {**cond[0][1], "control": tiny_controlnet(tiny_model, 5).set_cond_hint(hint, 1.0, (0.0, 1.0))}]]
+    hint = torch.rand(1, 3, *(8 * side for side in structure.trajectory.shape[-2:]),
+                      generator=torch.Generator().manual_seed(3))
+    control = tiny_controlnet(tiny_model, 5).set_cond_hint(hint, 1.0, (0.0, 1.0))
+    controlled = [[cond[0][0], {**cond[0][1], "control": control}]]
     (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.0, 1.0, None, 2, 1.0)
     guidance = node("CrossImageAppearanceGuidance").execute(2.0, 1.5, 0.0)[0]
     calls = []

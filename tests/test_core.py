@@ -19,8 +19,9 @@ def core(pack):
 
 
 def test_core_imports_without_comfyui():
-    code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, "
-            "core.cross_attention, core.inversion, core.contrast, core.ddpm, core.guidance, core.segmentation; "
+    code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, core.plan, "
+            "core.rows, core.kv_swap, core.inversion, core.contrast, core.ddpm, core.guidance, core.segmentation, "
+            "core.regions, core.settings, core.levels, core.packing; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; "
             "assert not bad, bad" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -65,74 +66,21 @@ def test_step_index(core):
     assert [core.schedule.step_index(schedule, s) for s in (10.0, 5.0, 2.0, 7.0, 1.0)] == [0, 1, 2, 1, 3]
 
 
-def test_in_step_range_matches_the_paper(core):
+def test_step_ranges_match_the_paper(core):
     # Paper: swap from step 10 of 68 to the end; 0.15 * 68 = 10.2 rounds to 10.
-    active = [i for i in range(68) if core.schedule.in_step_range(i, 68, 0.15, 1.0)]
-    assert active == list(range(10, 68))
-    assert [i for i in range(10) if core.schedule.in_step_range(i, 10, 0.3, 0.8)] == [3, 4, 5, 6, 7]
-
-
-def test_key_value_sources(core):
-    sources = core.cross_attention.key_value_sources
-    # cond + uncond chunks of [out0, out1, app]: outputs take the appearance of their chunk.
-    assert sources(6, 2, 1) == (2, 2, 2, 5, 5, 5)
-    # one appearance per output
-    assert sources(4, 2, 2) == (2, 3, 2, 3)
-    with pytest.raises(ValueError, match="not a multiple"):
-        sources(5, 2, 1)
-    # [out0, out1, app, str0, str1] x 2 chunks; injection steps take the structure rows
-    assert sources(10, 2, 1, 2) == (2, 2, 2, 3, 4, 7, 7, 7, 8, 9)
-    assert sources(10, 2, 1, 2, from_structure=True) == (3, 4, 2, 3, 4, 8, 9, 7, 8, 9)
-    # plain copies of the outputs end each chunk and keep their own keys and values
-    assert sources(10, 2, 1, 0, n_plain=2) == (2, 2, 2, 3, 4, 7, 7, 7, 8, 9)
-    assert sources(5, 1, 1, 1, from_structure=True, n_plain=2) == (2, 1, 2, 3, 4)
-    with pytest.raises(ValueError, match="1 structures \\+ 2 plain rows"):
-        sources(6, 1, 1, 1, n_plain=2)
-    with pytest.raises(ValueError, match="one structure row per output"):
-        sources(4, 2, 1, 1, from_structure=True)
-    # appearances lent by another call: [out0, out1, str0, str1] x 2 chunks; source 8 + i is lent row i
-    assert sources(8, 2, 1, 2, lent=True) == (8, 8, 2, 3, 9, 9, 6, 7)
-    assert sources(8, 2, 2, 2, lent=True) == (8, 9, 2, 3, 10, 11, 6, 7)
-    assert sources(8, 2, 1, 2, from_structure=True, lent=True) == (2, 3, 2, 3, 6, 7, 6, 7)
+    assert core.schedule.step_range(0.15, 1.0, 68) == range(10, 68)
+    assert core.schedule.step_range(0.3, 0.8, 10) == range(3, 8)
+    assert core.schedule.step_range(0.92, 1.0, 5) == range(5, 5)  # rounds to no step
 
 
 def test_structure_injection_steps_match_the_paper(core):
-    # paper's code: step % 5 == 0 and step < 40, of 68 steps; 0.59 * 68 = 40.1 rounds to 40
-    steps = [i for i in range(68) if core.schedule.injects_structure(i, 68, 5, 0.59)]
-    assert steps == list(range(0, 40, 5))
-    assert not any(core.schedule.injects_structure(i, 68, 0, 1.0) for i in range(68))
-
-
-def test_cross_image_attention_passes_swapped_keys_values(core):
-    q, k, v = (torch.arange(3.0).view(3, 1, 1) + offset for offset in (0, 10, 20))
-    seen = {}
-
-    def attention(q_, k_, v_):
-        seen.update(q=q_, k=k_, v=v_)
-        return q_
-
-    core.cross_attention.cross_image_attention(q, k, v, (2, 1, 2), attention)
-    assert seen["q"].flatten().tolist() == [0, 1, 2]
-    assert seen["k"].flatten().tolist() == [12, 11, 12]
-    assert seen["v"].flatten().tolist() == [22, 21, 22]
-
-
-def test_cross_image_attention_routes_swapped_rows(core):
-    q, k, v = (torch.arange(4.0).view(4, 1, 1) + offset for offset in (0, 10, 20))
-    plain = lambda q_, k_, v_: k_ + v_  # noqa: E731
-    swapped = lambda q_, k_, v_: -(k_ + v_)  # noqa: E731
-    out = core.cross_attention.cross_image_attention(q, k, v, (1, 1, 1, 3), plain, swapped)
-    # rows 0 and 2 take row 1's keys and values through the swapped attention; 1 and 3 keep theirs
-    assert out.flatten().tolist() == [-32, 32, -32, 36]
-    # keys and values lent by another call, with other token counts: rows 0 and 2 take lent rows 0 and 1
-    lent_k, lent_v = torch.full((2, 3, 1), 100.0), torch.full((2, 3, 1), 200.0)
-    lent_k[1] += 1
-    seen = []
-    out = core.cross_attention.cross_image_attention(
-        q, k, v, (4, 1, 5, 3), lambda q_, k_, v_: seen.append(k_.shape[1]) or q_ + k_.sum(1, keepdim=True), lent=(lent_k, lent_v))
-    assert seen == [1, 3] and out.flatten().tolist() == [300, 12, 305, 16]
-    plan = core.cross_attention.row_plan
-    assert plan((1, 1, 1, 3), torch.device("cpu")) is plan((1, 1, 1, 3), torch.device("cpu"))  # made once per layout
+    # paper's code: step % 5 == 0 and step < 40, of 68 steps; 0.59 * 68 = 40.1 rounds to 40 (inside the swap)
+    settings = core.settings.TransferSettings(None, (), 0.0, 1.0, structure_every=5, structure_until=0.59)
+    assert sorted(core.schedule.transfer_steps(68, settings).injection) == list(range(0, 40, 5))
+    late = core.settings.TransferSettings(None, (), 0.15, 1.0, structure_every=5, structure_until=0.59)
+    assert sorted(core.schedule.transfer_steps(68, late).injection) == list(range(10, 40, 5))
+    off = core.settings.TransferSettings(None, (), 0.0, 1.0, structure_every=0, structure_until=1.0)
+    assert not core.schedule.transfer_steps(68, off).injection and not off.injects_structure
 
 
 def test_adain_by_hand(core):
@@ -189,7 +137,14 @@ def test_inversion_pairing_errors(core):
     with pytest.raises(ValueError, match="batch of 3"):
         structure.check_pairs_with(_inversion(core, shape=(3, 4, 8, 8)), "structure", "appearance")
     with pytest.raises(ValueError, match="latents for"):
-        core.inversion.Inversion(sigmas=torch.tensor([2.0, 1.0, 0.0]), trajectory=torch.zeros(2, 1, 4, 8, 8), model_key="m")
+        core.inversion.Inversion(sigmas=torch.tensor([2.0, 1.0, 0.0]), trajectory=torch.zeros(2, 1, 4, 8, 8),
+                                 model_key="m")
+
+
+def contrast(core, q, k, v, heads, strength, budget_elements=1 << 21):
+    """core.contrast.contrast_attention on (B, N, heads * d) tensors."""
+    split = [t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v)]
+    return core.contrast.contrast_attention(*split, strength, budget_elements=budget_elements)
 
 
 def naive_contrast(q, k, v, heads, strength):
@@ -210,25 +165,25 @@ def test_contrast_by_hand(core):
     q = torch.tensor([[[1.0]]])
     k = torch.tensor([[[0.0], [torch.log(torch.tensor(3.0)).item()]]])
     v = torch.tensor([[[10.0], [20.0]]])
-    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 1.0), torch.tensor([[[17.5]]]))
-    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 2.0), torch.tensor([[[20.0]]]))
+    assert torch.allclose(contrast(core, q, k, v, 1, 1.0), torch.tensor([[[17.5]]]))
+    assert torch.allclose(contrast(core, q, k, v, 1, 2.0), torch.tensor([[[20.0]]]))
     # strength 1.5: [1/8, 7/8] -> 10/8 + 140/8
-    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 1, 1.5), torch.tensor([[[18.75]]]))
+    assert torch.allclose(contrast(core, q, k, v, 1, 1.5), torch.tensor([[[18.75]]]))
 
 
 def test_contrast_rows_are_not_renormalised(core):
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 5, 4, generator=g), torch.randn(1, 7, 4, generator=g)
     ones = torch.ones(1, 7, 4)
-    rows = core.contrast.contrast_attention(q, k, ones, 2, 3.0)  # V = 1: output = row sums
+    rows = contrast(core, q, k, ones, 2, 3.0)  # V = 1: output = row sums
     assert not torch.allclose(rows, torch.ones_like(rows))
 
 
 @pytest.mark.parametrize("budget", [1, 37, 1 << 24])
 def test_contrast_in_chunks_equals_the_whole_map(core, budget):
     g = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(2, 24, 16, generator=g), torch.randn(2, 24, 16, generator=g), torch.randn(2, 24, 16, generator=g)
-    chunked = core.contrast.contrast_attention(q, k, v, 4, 1.67, budget_elements=budget)
+    q, k, v = (torch.randn(2, 24, 16, generator=g) for _ in range(3))
+    chunked = contrast(core, q, k, v, 4, 1.67, budget_elements=budget)
     assert torch.allclose(chunked, naive_contrast(q, k, v, 4, 1.67), atol=1e-6)
 
 
@@ -237,7 +192,7 @@ def test_contrast_strength_one_is_plain_attention(core):
     q, k, v = (torch.randn(1, 9, 8, generator=g) for _ in range(3))
     plain = torch.nn.functional.scaled_dot_product_attention(
         *(t.view(1, 9, 2, 4).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(1, 9, 8)
-    assert torch.allclose(core.contrast.contrast_attention(q, k, v, 2, 1.0), plain, atol=1e-6)
+    assert torch.allclose(contrast(core, q, k, v, 2, 1.0), plain, atol=1e-6)
 
 
 def test_contrast_budget_from_free_memory(core):
@@ -259,10 +214,15 @@ def test_query_chunk(core):
 def test_guidance_schedule_matches_the_paper(core):
     import numpy as np
     paper = np.linspace(3.5, max(3.5 / 2, 1), 68)
-    scales = [core.guidance.guidance_scale(i, 68, 3.5, 1.75, 0.15) for i in range(68)]
-    assert scales[:10] == [None] * 10
+    settings = core.settings.TransferSettings(None, (), 0.15, 1.0)
+    guidance = core.settings.GuidanceSettings(3.5, 1.75, 0.15)
+    scales = core.schedule.transfer_steps(68, settings, guidance).guidance
+    assert scales[:10] == (None,) * 10
     assert np.allclose(scales[10:], paper[10:])
-    assert core.guidance.guidance_scale(0, 1, 2.0, 1.0, 0.0) == 2.0
+    assert core.guidance.guidance_scale(0, 1, 2.0, 1.0) == 2.0
+    # guidance only where the swap is on: from the later of the two starts, to the swap's end
+    later = core.schedule.transfer_steps(10, core.settings.TransferSettings(None, (), 0.3, 0.8), guidance).guidance
+    assert [i for i, scale in enumerate(later) if scale is not None] == [3, 4, 5, 6, 7]
 
 
 def test_guide_by_hand(core):
@@ -318,7 +278,8 @@ def test_object_clusters_by_hand(core):
     assert core.segmentation.object_clusters(labels, word, 2.5).tolist() == [True, False, False]
     # nothing stands out: the best cluster still counts; an empty cluster never does
     assert core.segmentation.object_clusters(labels, torch.ones(6), 1.4).tolist() == [True, False, False]
-    assert core.segmentation.object_clusters(torch.tensor([0, 0, 2, 2]), torch.tensor([1.0, 1.0, 0.0, 0.0]), 1.4).tolist() == [True, False, False]
+    labels, word = torch.tensor([0, 0, 2, 2]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    assert core.segmentation.object_clusters(labels, word, 1.4).tolist() == [True, False, False]
 
 
 def test_self_segmentation_separates_an_object_that_attends_to_itself(core):
@@ -342,7 +303,8 @@ def test_paper_levels_translate_the_paper_grids_to_any_model_and_size(core):
     assert paper_levels(sdxl_factors, 128, 128) == (0, 1)  # SDXL at 1024 px: 64 and 32
     assert paper_levels(sdxl_factors, 64, 64) == (0,)     # SDXL at 512 px: 32 is nearest to both
     assert paper_levels(sd_factors, 64, 96) == (0, 1)     # 512x768: sqrt(64 * 96) = 78 and 39 a side
-    assert core.levels.token_grid(9, 7, 2) == (5, 4) and core.levels.token_grid(16, 24, 4) == (4, 6)  # halving rounds up
+    # halving rounds up
+    assert core.levels.token_grid(9, 7, 2) == (5, 4) and core.levels.token_grid(16, 24, 4) == (4, 6)
     assert core.levels.grid_side(9, 7, 2) == math.sqrt(5 * 4)
 
 

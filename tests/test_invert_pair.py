@@ -3,12 +3,13 @@ Invert nodes give, in the model calls of one when the images have one size."""
 import pytest
 import torch
 
+import helpers
 import node_graph
 import tiny_models
 
 
 def latent(seed, batch=1, height=8, width=12):
-    return {"samples": torch.randn(batch, 4, height, width, generator=torch.Generator().manual_seed(seed)) * 5}
+    return helpers.latent(seed, batch, height, width)
 
 
 def assert_same_inversion(a, b):

@@ -11,39 +11,15 @@ import pytest
 import torch
 
 import node_graph
-import tiny_models
-from reference import Reference, Settings, diffusers_twin
+from parity import HEIGHT, SEEDS, TOLERANCE, WIDTH, fresh_draws, image_mask, make_world, max_difference
+from reference import Reference, Settings
 
-HEIGHT, WIDTH = 8, 12
-# float32 round-off (summation order in attention and convolutions, Ho's vs DDIM's form of the
-# same DDPM step) grows through the steps; seen: 4e-5 at most on latents of std ~1.
-TOLERANCE = 1e-4
+PAIR_SEED = 3  # the Invert Pair node's: both images draw from it
 
 
 @pytest.fixture(scope="module")
 def world(comfy_nodes):
-    """The ComfyUI model and its diffusers twin, prompt contexts and two clean latents."""
-    model = tiny_models.tiny_model(seed=11, output_scale=0.2)
-    g = torch.Generator().manual_seed(5)
-    contexts = torch.randn(2, 1, 8, tiny_models.CONTEXT_DIM, generator=g)
-    latents = torch.randn(2, 1, 4, HEIGHT, WIDTH, generator=g)
-    object_masks = torch.zeros(2, HEIGHT, WIDTH, dtype=torch.bool)
-    object_masks[0, 2:7, 3:10] = True   # structure's object
-    object_masks[1, 1:8, 2:7] = True    # appearance's object
-    return {"model": model, "twin": diffusers_twin(model), "cond": contexts[0], "uncond": contexts[1],
-            "structure": latents[0], "appearance": latents[1], "masks": object_masks}
-
-
-SEEDS = {"appearance": 1, "structure": 2}
-PAIR_SEED = 3  # the Invert Pair node's: both images draw from it
-
-
-def fresh_draws(seed: int, s: Settings, size=(HEIGHT, WIDTH)) -> torch.Tensor:
-    """The DDPM inversion's independent draws for all steps: the skipped steps' draws are
-    arbitrary (never used); the others are those the Invert (DDPM) node makes from its seed."""
-    used = torch.randn((s.steps - s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(seed))
-    unused = torch.randn((s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(1000 + seed))
-    return torch.cat([unused, used])
+    return make_world()
 
 
 def reference_output(world, s: Settings, masked: bool, reference=None, seeds=SEEDS) -> torch.Tensor:
@@ -55,11 +31,6 @@ def reference_output(world, s: Settings, masked: bool, reference=None, seeds=SEE
 
 def invert(node, world, s: Settings, name: str):
     return node_graph.invert(node, world["model"], world[name], world["cond"], world["uncond"], s, SEEDS[name])
-
-
-def image_mask(latent_mask: torch.Tensor) -> torch.Tensor:
-    """A MASK at image size (8 pixels per latent pixel) whose latent-size resize is `latent_mask`."""
-    return latent_mask.float().repeat_interleave(8, 0).repeat_interleave(8, 1)[None]
 
 
 def node_output(node, world, s: Settings, masked: bool, inversions=None) -> torch.Tensor:
@@ -94,10 +65,6 @@ def paper_run(node, world):
     return expected, (appearance, structure), {
         "reference": reference.evaluations, "inversion": sum(inversion), "nodes": sum(model.evaluations),
         "reference calls": reference.calls, "inversion calls": len(inversion), "calls": len(model.evaluations)}
-
-
-def max_difference(a, b) -> float:
-    return float((a - b).abs().max())
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

@@ -19,7 +19,7 @@ import torch
 import node_graph
 import tiny_models
 from reference import Reference, Settings, diffusers_twin
-from test_parity import HEIGHT, SEEDS, TOLERANCE, WIDTH, fresh_draws, max_difference
+from parity import HEIGHT, SEEDS, TOLERANCE, WIDTH, fresh_draws, max_difference
 
 PAPER = {"v": Settings(prediction="v"), "sdxl": Settings(grids=(2, 4))}
 DDIM = dict(inversion="ddim", steps=25, skip=0, inversion_cfg=1.0, swap_from=4, structure_until=10,
@@ -93,7 +93,8 @@ def test_sdxl_sizes_in_another_order_break_parity(run):
     on the non-square latent the size embeddings differ, and so does the output."""
     ours, _ = run("sdxl", "ddim")
     height, width = HEIGHT * 8, WIDTH * 8
-    wrong = reference_output(run.worlds["sdxl"], SETTINGS["sdxl"]["ddim"], time_ids=(width, height, 0, 0, width, height))
+    swapped = (width, height, 0, 0, width, height)
+    wrong = reference_output(run.worlds["sdxl"], SETTINGS["sdxl"]["ddim"], time_ids=swapped)
     assert max_difference(ours, wrong) > 50 * TOLERANCE, max_difference(ours, wrong)
 
 
@@ -103,7 +104,8 @@ def test_sdxl_appearance_of_another_size_and_saved_inversions(run, node):
     nodes agree; giving it the structure's sizes instead moves the output. The inversions,
     saved and loaded again (Save/Load Inversion), give the same output bit for bit."""
     run("sdxl", "ddim")  # makes the world
-    w = {**run.worlds["sdxl"], "appearance": torch.randn(1, 4, WIDTH, HEIGHT, generator=torch.Generator().manual_seed(7))}
+    portrait = torch.randn(1, 4, WIDTH, HEIGHT, generator=torch.Generator().manual_seed(7))
+    w = {**run.worlds["sdxl"], "appearance": portrait}
     s = SETTINGS["sdxl"]["ddim"]
     inversions = [node_graph.invert(node, w["model"], w[image], w["cond"], w["uncond"], s, SEEDS[image])
                   for image in ("appearance", "structure")]

@@ -13,14 +13,13 @@ import pytest
 import torch
 
 import node_graph
-import tiny_models
-from reference import Reference, Region, Settings, diffusers_twin
+from parity import HEIGHT, TOLERANCE, WIDTH, fresh_draws, image_mask, make_world, max_difference
+from parity import SEEDS as PARITY_SEEDS
+from reference import Reference, Region, Settings
 
-HEIGHT, WIDTH = 8, 12
 OTHER = (11, 15)  # appearances of another (odd) size: token grids 11x15, 6x8, 3x4
-TOLERANCE = 1e-4  # as test_parity.py
 # the latents (world) and the seeds of their Invert (DDPM) nodes
-SEEDS = {"structure": 2, "appearance": 1, "second": 4, "third": 6, "other_main": 7, "other_second": 8}
+SEEDS = {**PARITY_SEEDS, "second": 4, "third": 6, "other_main": 7, "other_second": 8}
 
 # 20 steps: ComfyUI's ddim_uniform gives the reference's timesteps (1000 / 20); 14 sampled
 # steps, swap from step 2, structure injection on steps 3 and 6, guidance from step 3,
@@ -58,30 +57,8 @@ OTHER_SECOND_OBJECT = box(OTHER, (0, 7), (6, 15))
 
 @pytest.fixture(scope="module")
 def world(comfy_nodes):
-    """test_parity.py's model, twin, prompts, structure and appearance latents, and further
-    appearances: two of the structure's size, two of another size."""
-    model = tiny_models.tiny_model(seed=11, output_scale=0.2)
-    g = torch.Generator().manual_seed(5)
-    contexts = torch.randn(2, 1, 8, tiny_models.CONTEXT_DIM, generator=g)
-    latents = torch.randn(2, 1, 4, HEIGHT, WIDTH, generator=g)
-    g = torch.Generator().manual_seed(9)
-    more = {name: torch.randn(1, 4, *size, generator=g) for name, size in
-            (("second", SIZE), ("third", SIZE), ("other_main", OTHER), ("other_second", OTHER))}
-    return {"model": model, "twin": diffusers_twin(model), "cond": contexts[0], "uncond": contexts[1],
-            "structure": latents[0], "appearance": latents[1], **more}
-
-
-def fresh_draws(seed: int, s: Settings, size) -> torch.Tensor:
-    """The DDPM inversion's draws (as test_parity.fresh_draws): the Invert (DDPM) node's from
-    its seed for the sampled steps, arbitrary ones for the skipped steps."""
-    used = torch.randn((s.steps - s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(seed))
-    unused = torch.randn((s.skip, 1, 4, *size), generator=torch.Generator().manual_seed(1000 + seed))
-    return torch.cat([unused, used])
-
-
-def image_mask(latent_mask: torch.Tensor) -> torch.Tensor:
-    """A MASK (1, 8H, 8W) whose bilinear resize to the latent is `latent_mask` (H, W)."""
-    return latent_mask.float().repeat_interleave(8, 0).repeat_interleave(8, 1)[None]
+    """parity.make_world's, with further appearances: two of the structure's size, two of another size."""
+    return make_world({"second": SIZE, "third": SIZE, "other_main": OTHER, "other_second": OTHER})
 
 
 def reference_output(world, s: Settings, regions) -> torch.Tensor:
@@ -179,10 +156,6 @@ def run(node, world):
                 done[key] = transfer(node, world, s, {name: invert(s, name) for name in names}, regions)
         return done[key]
     return get
-
-
-def max_difference(a, b) -> float:
-    return float((a - b).abs().max())
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,7 +4,7 @@ parity with the independent reference is in test_parity_regions.py."""
 import pytest
 import torch
 
-from test_nodes import latent, naive_attention
+from helpers import latent, layer_options, naive_attention, patched_layer
 
 
 def invert(node, model, seed, cond, steps=6, height=16, width=24):
@@ -18,6 +18,15 @@ def image_mask(rows: slice, cols: slice, height=128, width=192):
     return mask
 
 
+def split(heads, *tensors):
+    """(B, N, heads * d) -> (B, heads, N, d), as the patch hands tensors to core/kv_swap.py."""
+    return [t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in tensors]
+
+
+def merged(*tensors):
+    return [t.transpose(1, 2).flatten(2) for t in tensors]
+
+
 def test_region_shares(pack):
     """A region without a mask takes what the others leave; overlaps past 1 are shared."""
     core = pack.core.regions
@@ -26,9 +35,6 @@ def test_region_shares(pack):
     shares = core.region_shares([None, a, b], (1, 3))
     torch.testing.assert_close(shares, torch.tensor([[[0.0, 0.0, 0.5]], [[1.0, 0.5, 0.0]], [[0.0, 0.5, 0.5]]]))
     assert torch.equal(core.region_shares([None], (2, 2)), torch.ones(1, 2, 2))
-    assert core.grid_of((11, 15), 6 * 8) == (6, 8) and core.grid_of((11, 15), 11 * 15) == (11, 15)
-    with pytest.raises(ValueError, match="no token grid of 7 tokens"):
-        core.grid_of((8, 12), 7)
 
 
 def test_regional_attention_is_the_blend_of_the_definition(pack):
@@ -47,12 +53,13 @@ def test_regional_attention_is_the_blend_of_the_definition(pack):
     shares = core.regions.region_shares([top, left], grid)
     key_mask = torch.zeros(4, 5)
     key_mask[1:3, 1:4] = 1
-    regions = core.regions.Regions(shares, [None, key_mask], grid)
-    sources = [core.cross_attention.key_value_sources(8, 2, 2, appearance=r) for r in range(2)]
+    regions = core.regions.RegionMaps(shares, [None, key_mask], {"site": (grid, grid)})
+    sources = [core.rows.CallRows(2, 2).kv_sources(8, appearance=r) for r in range(2)]
     from functools import partial
-    plain = lambda q, k, v: naive_attention(q, k, v, heads)  # noqa: E731
-    contrast = partial(core.contrast.contrast_attention, heads=heads, strength=1.67)
-    out = core.cross_attention.regional_attention(q, k, v, sources, regions.at(20, 20, q.device), plain, contrast)
+    plain = lambda q, k, v: naive_attention(*merged(q, k, v), heads)  # noqa: E731
+    contrast = partial(core.contrast.contrast_attention, strength=1.67)
+    out = core.kv_swap.regional_attention(*split(heads, q, k, v), sources, regions.at("site", q.device), plain,
+                                          contrast)
     inside = key_mask.flatten() >= 0.5
     own_share = (1 - shares.sum(0)).flatten()[None, :, None]
     for chunk in (0, 4):
@@ -69,7 +76,7 @@ def test_regional_attention_is_the_blend_of_the_definition(pack):
                                                                          v[row:row + 1], heads), rtol=1e-5, atol=1e-5)
 
 
-def test_all_ones_masks_are_exactly_no_masks(node, tiny_model, cond):
+def test_all_ones_masks_are_exactly_no_masks(node, pack, tiny_model, cond):
     structure, appearance = invert(node, tiny_model, 50, cond), invert(node, tiny_model, 51, cond)
     ones = torch.ones(1, 128, 192)
     contrast = node("CrossImageAttentionContrast").execute(1.67)[0]
@@ -77,7 +84,7 @@ def test_all_ones_masks_are_exactly_no_masks(node, tiny_model, cond):
     for masks in ((None, None), (ones, ones)):
         (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.2, 1.0, contrast, 2, 0.6,
                                                          *masks)
-        assert patched.model_options["transformer_options"]["cross_image_attention"].regions == ()
+        assert pack.nodes.sampling.transfer.transfer_settings(patched).regions == ()
         adain = node("CrossImageLatentAdaIN").execute(0.3, 1.0)[0]
         runs.append(node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0, None, None, adain)[0])
     assert torch.equal(runs[0]["samples"], runs[1]["samples"])
@@ -91,14 +98,15 @@ def test_outside_the_structure_mask_the_output_keeps_its_own_keys(node, pack, ti
     (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0", 0.0, 1.0, None, 0, 0.0,
                                                      image_mask(slice(0, 64), slice(None)),
                                                      image_mask(slice(64, None), slice(0, 96)))
-    settings = patched.model_options["transformer_options"]["cross_image_attention"]
-    regions = pack.nodes.sampler.sampling_regions(settings, structure, None)
-    replace = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 4, 0)]
-    patch = pack.nodes.attention_patch
+    sampling = pack.nodes.sampling
+    settings = sampling.transfer.transfer_settings(patched)
+    regions = sampling.transfer.sampling_regions(sampling.architecture.architecture_of(patched), settings, structure,
+                                                 None)
+    replace = patched_layer(patched, ("output", 4, 0))
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, 16 * 24, 16, generator=g) for _ in range(3))  # [output, appearance], finest level
-    options = {"n_heads": 2, "attn_precision": None, patch.PLAN_KEY: patch.CallPlan(
-        step=1, layout=patch.BatchLayout(1, 1), swap=True, regions=regions)}
+    plan = pack.core.plan.CallPlan(step=1, rows=pack.core.rows.CallRows(1, 1), swap=True, regions=regions)
+    options = layer_options(("output", 4, 0), 2, plan)
     out = replace(q, k, v, options)
     top = torch.arange(16 * 24) < 8 * 24  # the structure mask: the top 8 latent rows
     own = naive_attention(q[:1], k[:1], v[:1], 2)
@@ -128,7 +136,8 @@ def test_several_appearances_by_region(node, pack, tiny_model, cond):
         (patched,) = node("CrossImageAttention").execute(counted, rest, "0,1", 0.0, 1.0, None, 0, 0.0,
                                                          None, None, regions)
         adain = node("CrossImageLatentAdaIN").execute(0.0, 1.0)[0]
-        return node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0, None, None, adain)[0]["samples"]
+        (out,) = node("CrossImageSampler").execute(patched, cond, structure, "euler", 1.0, None, None, adain)
+        return out["samples"]
     out = transfer(object_look)
     assert set(calls) == {3}  # the output and both appearances in every call
     finals = [node("CrossImageSampler").execute(tiny_model, cond, a, "euler", 1.0)[0]["samples"]

@@ -15,7 +15,8 @@ def node_id(prompt, class_type, index=0):
     return [key for key, value in prompt.items() if value["class_type"] == class_type][index]
 
 
-def test_changing_only_sampling_settings_reuses_the_inversions(comfy_nodes, sd15_checkpoint, example_inputs, monkeypatch):
+def test_changing_only_sampling_settings_reuses_the_inversions(comfy_nodes, sd15_checkpoint, example_inputs,
+                                                               monkeypatch):
     import comfy.model_base
     prompt = headless.workflow_to_prompt(json.load(open(FULL)), headless.node_definitions(comfy_nodes))
     inverts = [key for key, value in prompt.items() if value["class_type"] in DDPM_INVERTS]

@@ -13,7 +13,7 @@ def sd15(comfy_dirs, sd15_checkpoint):
 
 def test_word_positions(pack, sd15):
     _, clip = sd15
-    positions = pack.nodes.self_segmentation.word_positions
+    positions = pack.nodes.sampling.attention_maps.word_positions
     assert positions(clip, "a photo of an animal", "animal") == [5]  # after the start token
     assert positions(clip, "a photo of a red fox", "red fox") == [5, 6]
     with pytest.raises(ValueError, match="word: 'cat' is not a word of the prompt"):

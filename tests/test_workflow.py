@@ -63,7 +63,8 @@ def saved_pixels(comfy_dirs, outputs):
     return np.asarray(Image.open(comfy_dirs["output"] / image["subfolder"] / image["filename"]))
 
 
-def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, comfy_dirs, sd15_checkpoint, example_inputs):
+def test_interrupt_stops_within_a_step_and_the_next_run_is_clean(comfy_nodes, comfy_dirs, sd15_checkpoint,
+                                                                 example_inputs):
     import comfy.utils
     import nodes as comfy_node_registry
     prompt = headless.workflow_to_prompt(json.load(open(WORKFLOWS[0])), headless.node_definitions(comfy_nodes))
@@ -117,7 +118,7 @@ def test_object_workflow_swaps_only_inside_the_self_segmentation_masks(comfy_nod
     for node in prompt.values():
         if node["class_type"] == "CrossImageInvertPairDDPM":
             node["inputs"].update(steps=20, skip=6)  # the mechanics, not the picture: keep the CPU run short
-    patch = pack.nodes.attention_patch
+    patch = pack.nodes.sampling.patch
     seen = []
 
     def regional(q, k, v, sources, shares, *args):
@@ -130,8 +131,9 @@ def test_object_workflow_swaps_only_inside_the_self_segmentation_masks(comfy_nod
     attention = next(key for key, node in prompt.items() if node["class_type"] == "CrossImageAttention")
     structure_mask, appearance_mask = (engine.cached_outputs(prompt[attention]["inputs"][name][0])[0][0]
                                        for name in ("structure_mask", "appearance_mask"))
-    assert {prompt[prompt[attention]["inputs"][name][0]]["class_type"] for name in ("structure_mask", "appearance_mask")} \
-        == {"CrossImageSelfSegmentation"}
+    sources = {prompt[prompt[attention]["inputs"][name][0]]["class_type"] for name in ("structure_mask",
+                                                                                       "appearance_mask")}
+    assert sources == {"CrossImageSelfSegmentation"}
     assert seen and all(len(shares[0]) == 1 for shares in seen)  # one region: the appearance, by the masks
     finest = max(seen, key=lambda shares: shares[0].shape[1])
     latent = torch.nn.functional.interpolate(structure_mask[None], size=(IMAGE_SIZE[1] // 8, IMAGE_SIZE[0] // 8),

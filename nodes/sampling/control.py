@@ -1,28 +1,20 @@
 """ControlNets and T2I adapters on the prompt steer the output rows only.
 
-ComfyUI computes a control's residuals for every row of a model call and the UNet adds them
+ComfyUI computes a control's residuals for every row of a model call and the model adds them
 row by row (h += residual). In the Cross-Image Sampler's batch that would pull the appearance
 and structure latents off their inversions too, so their rows' residuals are zeroed before the
-UNet adds them; each row's control is computed from that row alone, so the output rows get
+model adds them; each row's control is computed from that row alone, so the output rows get
 exactly the residuals they would get in a call of their own."""
 import torch
 
 
-def output_row_mask(layout, chunks: int) -> torch.Tensor:
-    """1 for the output rows and their plain copies, 0 for appearance and structure rows, per
-    conditioning chunk of a model call with this BatchLayout."""
-    appearances = 0 if layout.appearances_lent else layout.n_appearances
-    chunk = [1.0] * layout.n_outputs + [0.0] * (appearances + layout.n_structures) + [1.0] * layout.n_plain
-    return torch.tensor(chunk * chunks)
-
-
-def control_on_outputs(layout, wrapped=None):
+def control_on_outputs(rows, wrapped=None):
     """A model_function_wrapper (chaining `wrapped`, one set before it) that keeps the control
-    residuals of the output rows only."""
+    residuals of the output rows (and their plain copies) of a call with these CallRows only."""
     def wrapper(apply_model, args):
         c = args["c"]
         if c.get("control") is not None:
-            keep = output_row_mask(layout, len(args["cond_or_uncond"])).to(args["input"].device)
+            keep = rows.output_rows(len(args["cond_or_uncond"])).to(args["input"].device)
             c = {**c, "control": {name: [None if residual is None else residual * _rows(keep, residual)
                                          for residual in residuals]  # new lists: the UNet pops them
                                   for name, residuals in c["control"].items()}}

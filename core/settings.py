@@ -1,21 +1,27 @@
-"""What the settings nodes hand on: Cross-Image Attention's settings ride on the patched MODEL
-(transformer_options[SETTINGS_KEY]), the others on their own sockets; the Cross-Image Sampler
-reads them all and its guider decides each model call from them (cross_image_guider.py)."""
+"""What the settings nodes hand on (plain, immutable data). Cross-Image Attention's settings
+ride on the patched MODEL, the others on their own sockets; the Cross-Image Sampler reads them
+all and core/plan.py decides each model call from them."""
 from dataclasses import dataclass
+from typing import Optional
 
-from ..core.inversion import Inversion
+from .inversion import Inversion
 
-SETTINGS_KEY = "cross_image_attention"  # in a patched MODEL's transformer_options
+
+class Shared:
+    """Immutable values: ComfyUI deep-copies model options on every clone; share, don't copy."""
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 @dataclass(frozen=True)
 class ContrastSettings:
-    """Attention-map contrast for the output rows of the swapped layers (1 = off)."""
+    """Attention-map contrast for the output rows at the swapped sites (1 = off)."""
     strength: float = 1.67
 
 
 @dataclass(frozen=True, eq=False)
-class AppearanceRegion:
+class AppearanceRegion(Shared):
     """One appearance of a regional transfer and where it goes: the structure's pixels it paints
     (a MASK; None: those no other region takes) and the appearance's pixels it takes its look
     from (a MASK; None: all)."""
@@ -23,17 +29,15 @@ class AppearanceRegion:
     structure_mask: object = None
     appearance_mask: object = None
 
-    def __deepcopy__(self, memo):
-        return self
-
 
 @dataclass(frozen=True)
-class CrossImageSettings:
-    """Cross-Image Attention's settings: which decoder levels swap (the patch sits there), in
-    which fraction of the steps, with what contrast and structure injection; with masks or
-    several appearances, `regions` (the first: `appearance` with its masks), else none."""
+class TransferSettings(Shared):
+    """Cross-Image Attention's settings: which attention sites swap (the patch sits there; keys
+    the architecture adapter names), in which fraction of the steps, with what contrast and
+    structure injection; with masks or several appearances, `regions` (the first: `appearance`
+    with its masks), else none."""
     appearance: Inversion
-    levels: tuple
+    sites: tuple
     start: float
     end: float
     contrast: float = 1.0
@@ -46,8 +50,10 @@ class CrossImageSettings:
         """The appearance inversions the sampler denoises beside the outputs, in batch order."""
         return [region.appearance for region in self.regions] or [self.appearance]
 
-    def __deepcopy__(self, memo):
-        return self  # immutable; ComfyUI deep-copies model options on every clone
+    @property
+    def injects_structure(self) -> bool:
+        """Whether any step may take the structure's keys and values (core/schedule.py decides which)."""
+        return self.structure_every > 0 and self.structure_until > 0
 
 
 @dataclass(frozen=True)
@@ -64,5 +70,5 @@ class LatentAdaINSettings:
     (paper: steps 20 to the end of 68), optionally within masks."""
     start: float = 0.29
     end: float = 1.0
-    structure_mask: object = None
-    appearance_mask: object = None
+    structure_mask: Optional[object] = None
+    appearance_mask: Optional[object] = None

@@ -1,7 +1,7 @@
 """A real ComfyUI server, started from a ComfyUI folder in a subprocess with this pack loaded
 as a custom node, and the page scripts that drive its frontend in headless Chromium (Debian's
 /usr/bin/chromium, through Playwright). Used by the browser tests and by
-scripts/workflow_screenshots.py.
+tools/workflow_screenshots.py.
 
 Nothing is written into the ComfyUI folder: the pack, the checkpoints, the input, output,
 temp and user folders and the database all live in folders given on the command line.
@@ -191,7 +191,8 @@ GRAPH_STATE = """() => {
     const byId = id => graph.nodes.find(n => String(n.id) === String(id));
     const choices = (w, n) => typeof w.options?.values === "function" ? w.options.values(w, n) : w.options?.values;
     return {
-        nodes: graph.nodes.map(n => ({id: String(n.id), type: n.type, registered: n.type in LiteGraph.registered_node_types})),
+        nodes: graph.nodes.map(n => ({id: String(n.id), type: n.type,
+                                      registered: n.type in LiteGraph.registered_node_types})),
         links: links.filter(l => l).map(l => {
             const origin = byId(l.origin_id), target = byId(l.target_id);
             const input = target?.inputs?.[l.target_slot];

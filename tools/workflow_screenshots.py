@@ -2,7 +2,7 @@
 for the README: a ComfyUI server with this pack, its frontend in headless Chromium, each
 workflow dropped on the canvas and fitted to the view, one PNG per workflow.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/workflow_screenshots.py [--out docs/workflows]
+    COMFYUI_PATH=/path/to/ComfyUI python tools/workflow_screenshots.py [--out docs/workflows]
 
 The python must be one ComfyUI runs with (the tests' venv) with playwright installed, and
 /usr/bin/chromium must exist (scripts/setup_env.sh). Nothing is run and no model is needed:
@@ -15,13 +15,9 @@ import shutil
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:  # browser_support lives next to this file
-    sys.path.insert(0, HERE)
-
-from browser_support import (GRAPH_STATE, REPO, SETTLE, browser_problem, comfyui_server, drop_workflow,  # noqa: E402
+from browser_support import (GRAPH_STATE, REPO, SETTLE, browser_problem, comfyui_server, drop_workflow,
                              launch_chromium, open_editor)
-from shipped_files import EXAMPLE_IMAGES, WORKFLOWS  # noqa: E402
+from shipped_files import EXAMPLE_IMAGES, WORKFLOWS
 
 
 VIEWPORT = (1600, 900)  # CSS pixels

@@ -1,0 +1,88 @@
+"""What the method needs to know of a model's architecture, behind one small interface: one
+adapter a family (unet.py: the Stable Diffusion UNets). The method code (core/: plans, rows,
+contrast, regions, guidance, AdaIN, inversions; and the guider) never asks which architecture it
+runs on; it asks the adapter (docs/architecture.md).
+
+An adapter knows:
+- the attention *sites* the method can patch (Site: a key the hooks see, a group users name
+  and the site's token grid), and how users choose them (`choose`: UNet "levels");
+- which tokens of a site are image tokens (UNet self-attention: all of them);
+- how to install the patch through ComfyUI's supported hooks (`install`) on a clone, and how to
+  tell a conflicting patch of another node (`require_free`, `require_intact`);
+- what to record for self-segmentation (`install_recorder`).
+Each hook hands its site's q, k, v to patch.attend, which records that the site ran: the
+guider raises when a planned site did not (a hook this ComfyUI release does not call)."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attention site: `key` as the patch sees it, `group` (the number users choose it by:
+    a UNet level) and `factor` (how many times coarser than the latent its token grid is)."""
+    key: tuple
+    group: int
+    factor: int
+
+
+class Architecture:
+    """The interface; see the module docstring. `selection` names the Cross-Image Attention
+    input that chooses sites (for error messages)."""
+    selection = "levels"
+
+    def __init__(self, diffusion_model):
+        self.diffusion_model = diffusion_model
+
+    @classmethod
+    def fits(cls, diffusion_model) -> bool:
+        raise NotImplementedError
+
+    def sites(self) -> list:
+        """Every patchable Site, grouped in order."""
+        raise NotImplementedError
+
+    def choose(self, text: str, latent_shape: tuple) -> tuple:
+        """The site keys a user's selection names for a latent of `latent_shape` (H, W); errors
+        name the input."""
+        raise NotImplementedError
+
+    def token_grid(self, key: tuple, latent_shape: tuple) -> tuple:
+        """(rows, columns) of the image tokens at site `key` for a latent of `latent_shape`."""
+        raise NotImplementedError
+
+    def site_name(self, key: tuple) -> str:
+        """How errors name a site."""
+        raise NotImplementedError
+
+    def install(self, patcher, keys) -> None:
+        """Put the patch at the sites `keys` of `patcher` (a clone) through ComfyUI's hooks."""
+        raise NotImplementedError
+
+    def require_free(self, model, keys) -> None:
+        """Raise a ValueError if another node's patch sits where install would overwrite it."""
+        raise NotImplementedError
+
+    def require_intact(self, model, keys) -> None:
+        """Raise a ValueError if a node after Cross-Image Attention replaced its patch at `keys`."""
+        raise NotImplementedError
+
+    def install_recorder(self, patcher, recorder) -> Site:
+        """Hook `recorder` (attention_maps.AttentionRecorder) where self-segmentation reads the
+        attention; returns the Site whose token grid the maps it records lie on."""
+        raise NotImplementedError
+
+
+def architecture_of(model) -> Architecture:
+    """The adapter for a ComfyUI MODEL, or a ValueError naming the input."""
+    from .unet import UNet
+    diffusion_model = model.get_model_object("diffusion_model")
+    for adapter in (UNet,):
+        if adapter.fits(diffusion_model):
+            return adapter(diffusion_model)
+    raise ValueError(f"model: the Cross-Image nodes do not know the {type(diffusion_model).__name__} architecture "
+                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL)")
+
+
+def site_grids(architecture: Architecture, keys, latent_shape: tuple, appearance_shape: tuple) -> dict:
+    """{site key: (the output's token grid, the appearance's)} for latents of these shapes (H, W)."""
+    return {key: (architecture.token_grid(key, latent_shape), architecture.token_grid(key, appearance_shape))
+            for key in keys}
