@@ -8,7 +8,7 @@ from .inputs import numbers
 from .invert_ddim import inversion_inputs, inversion_outputs
 from .sampling.identity import model_key
 from .sampling.runner import run_inversion
-from .sockets import ADVANCED, CATEGORY, io
+from .sockets import ADVANCED, CATEGORY, FIXED_SEED, io
 
 
 class CrossImageInvertDDPM(io.ComfyNode):
@@ -28,7 +28,7 @@ class CrossImageInvertDDPM(io.ComfyNode):
                 extra=[io.Int.Input("skip", default=32, min=0, max=999, **ADVANCED,
                                     tooltip="Steps skipped at the noisy end: sampling starts at step skip (paper: 32 "
                                             "of 100, t = 671). More skip keeps more of the structure image."),
-                       io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, **ADVANCED,
+                       io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, **ADVANCED, **FIXED_SEED,
                                     tooltip="Seed of the independent noise draws; the same seed gives the same "
                                             "inversion.")]),
             outputs=inversion_outputs("The noisy latent sampling starts from (after the skipped steps)."),

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.schedule import to_step
-from ..core.segmentation import self_segmentation
+from ..core.segmentation import self_segmentation, upsample
 from .inputs import VAE_SCALE, numbers, require_inversion
 from .sampling.attention_maps import record_attention
 from .sockets import ADVANCED, CATEGORY, InversionSocket, io
@@ -18,9 +18,11 @@ class CrossImageSelfSegmentation(io.ComfyNode):
             display_name="Self-Segmentation",
             category=CATEGORY,
             description=("Self-segmentation (paper, sec. 4.3): runs the model once on the inverted image at a chosen "
-                         "step, clusters its pixels by their self-attention (k-means) in the finest decoder level, and "
-                         "keeps the clusters that attend to the prompt's noun. Gives MASKs for Latent AdaIN "
-                         "(structure_mask, appearance_mask); preview them with a mask preview node."),
+                         "step, clusters its pixels by their self-attention (k-means, the best of 10 starts) in the "
+                         "finest decoder level's last layer, and keeps the clusters that attend to the prompt's noun "
+                         "in the next coarser level's cross-attention, as the paper's code does. Gives MASKs for "
+                         "Latent AdaIN and Cross-Image Attention (structure_mask, appearance_mask); preview them with "
+                         "a mask preview node."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the image was inverted with."),
                 io.Clip.Input("clip", tooltip="The text encoder of that model, to encode the prompt and find the "
@@ -52,11 +54,13 @@ class CrossImageSelfSegmentation(io.ComfyNode):
         if not word.strip():
             raise ValueError("word: name the object, e.g. 'animal'")
         index = min(to_step(step, inversion.steps), inversion.steps - 1)
-        self_map, word_map, grid, factor = record_attention(model, clip, prompt, word.strip(),
-                                                            inversion.trajectory[index], float(inversion.sigmas[index]))
-        height, width = inversion.trajectory.shape[-2:]
-        masks = torch.stack([self_segmentation(self_map[b], word_map[b], clusters, ratio)
-                             for b in range(self_map.shape[0])]).reshape(-1, 1, *grid)
+        maps = record_attention(model, clip, prompt, word.strip(), inversion.trajectory[index],
+                                float(inversion.sigmas[index]))
+        grid, factor = maps["grid"], maps["factor"]
+        masks = torch.stack([self_segmentation(maps["self"][b], upsample(maps["word"][b].reshape(maps["word_grid"]),
+                                                                        maps["scale"], grid), clusters, ratio)
+                             for b in range(maps["self"].shape[0])]).reshape(-1, 1, *grid)
         # each token covers factor x factor latent pixels (the last row and column may stick out)
+        height, width = inversion.trajectory.shape[-2:]
         masks = F.interpolate(masks, scale_factor=factor * VAE_SCALE, mode="nearest")
         return io.NodeOutput(masks[:, 0, :height * VAE_SCALE, :width * VAE_SCALE])

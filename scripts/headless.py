@@ -77,9 +77,13 @@ def _is_widget(spec) -> bool:
 
 
 def _has_control_widget(name, spec) -> bool:
-    """The editor adds a 'control after generate' value after seed widgets."""
+    """Whether the editor adds a 'control after generate' value after this widget: as the input's
+    control_after_generate option says (a mode or true: yes; false: no), else for INT inputs named
+    seed or noise_seed."""
     options = spec[1] if len(spec) > 1 else {}
-    return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
+    if "control_after_generate" in options:
+        return bool(options["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
 
 
 def combo_choices(spec):

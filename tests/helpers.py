@@ -88,3 +88,16 @@ def assert_same_up_to_batching(a, b):
     """Equal up to float rounding that differs between batch sizes (values here are ~10)."""
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
+
+def tiny_controlnet(model, seed: int):
+    """A ComfyUI ControlNet for `model`'s UNet, random weights (no zero convolutions)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+    import tiny_models
+    config = {key: value for key, value in model.model.model_config.unet_config.items()
+              if key not in ("out_channels", "dtype", "device", "operations")}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                                     device=torch.device("cpu"), **config)
+    tiny_models.randomize_(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"), manual_cast_dtype=None)

@@ -45,3 +45,32 @@ def image_mask(latent_mask: torch.Tensor) -> torch.Tensor:
 
 def max_difference(a, b) -> float:
     return float((a - b).abs().max())
+
+
+# The prompt of the world's random context (its tokens index the context) and its noun, whose
+# attention in this random model singles out a part of both images for the official segmentor
+PROMPT, NOUN = "a photo of animal", "animal"
+NOUN_TOKEN = 4  # its position among the prompt's tokens: after the start token and three words
+# Self-Segmentation's clusters and ratio in the world: random weights give self-attention rows
+# without cluster structure, where k-means with the paper's k = 5 has many optima as good as
+# each other (any two implementations pick different ones); 2-means has one here, and its
+# clusters differ in their attention to the noun by 14% and 25%.
+CLUSTERS, RATIO = 2, 1.1
+
+
+class PromptClip:
+    """ComfyUI's CLIP as Self-Segmentation uses it, on the world's random prompt context: tokenize()
+    gives CLIP-like token ids (start, one per word, end, end ... to the context's 8 tokens),
+    encode_from_tokens_scheduled() the CONDITIONING of the context."""
+    START, END = 49406, 49407
+
+    def __init__(self, context: torch.Tensor):
+        self.context, self.vocabulary = context, {}
+
+    def tokenize(self, text: str) -> dict:
+        words = [self.vocabulary.setdefault(word, 1000 + len(self.vocabulary)) for word in text.split()]
+        ids = [self.START] + words + [self.END] * (self.context.shape[1] - 1 - len(words))
+        return {"l": [[(token, 1.0) for token in ids]]}
+
+    def encode_from_tokens_scheduled(self, tokens: dict) -> list:
+        return [[self.context, {}]]

@@ -171,6 +171,13 @@ class NaiveAttention:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         owner, contrast = self.owner, self.owner.settings.contrast
+        if owner.recorded is not None:  # self-segmentation's reading: every layer's map by its kind and size
+            b, n, _ = q.shape
+            qh, kh = (t.reshape(b, t.shape[1], attn.heads, -1).transpose(1, 2) for t in (q, k))
+            probs = (qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5).softmax(dim=-1)
+            key = encoder_hidden_states is not None, n
+            if not (owner.record_first and key in owner.recorded):
+                owner.recorded[key] = probs.mean(dim=1)  # a later layer overwrites
         kind = owner.key_value_source(hidden_states.shape[1]) if self.decoder_self_attention else None
         # regions: the output mixes its regions' appearances and itself (not on injection steps)
         regional = kind == APP and owner.regional
@@ -252,6 +259,8 @@ class Reference:
         self.evaluations = self.calls = 0
         self.swap, self.step, self.latent_tokens = False, None, None
         self.alone, self.kept = None, {}  # the row a one-latent call runs; keys and values it left
+        self.recorded = None  # {(cross-attention?, query tokens): head-averaged map} while segmenting
+        self.record_first = False
         self.latent_size = None  # (H, W) of the latents in the current UNet call
         # rows of the appearances and of the structure in the sampling batch, and the regions
         # (None, or shares and appearance masks when the output mixes its appearances)
@@ -385,9 +394,13 @@ class Reference:
     # -- sampling -------------------------------------------------------------------
     def transfer(self, appearance: Optional[torch.Tensor], structure: torch.Tensor, fresh_appearance=None,
                  fresh_structure=None, structure_mask=None, appearance_mask=None,
-                 regions: Optional[List[Region]] = None) -> torch.Tensor:
+                 regions: Optional[List[Region]] = None, segmentation: Optional[dict] = None) -> torch.Tensor:
         """Invert both clean latents (1, C, H, W), sample the output; returns it (1, C, H, W).
         fresh_*: DDPM inversion draws (steps, 1, C, H, W); masks: boolean (H, W) for masked AdaIN.
+        segmentation: instead of the masks, segment() each inverted image at sampling step
+        segmentation["step"] (its latent and timestep there), with segmentation["token"] the
+        noun's token and its "clusters" and "ratio"; the masks are kept in
+        self.segmentation_masks (structure, appearance).
         regions: instead of appearance, fresh_appearance and the masks, the appearances and
         their masks (Region); region 0 is the main appearance. Latent AdaIN then runs once per
         region, r = 0 .. R-1, within its share of the output and its appearance mask (both 0 or 1)."""
@@ -410,6 +423,13 @@ class Reference:
         else:
             xs_apps = [self.invert_ddim(region.appearance) for region in regions]
             xs_struct = self.invert_ddim(structure)
+        if segmentation is not None:
+            index = s.skip + segmentation["step"]
+            self.segmentation_masks = [
+                segment(*self.segmentation_maps(xs[index], self.timesteps[index]), tuple(xs.shape[-2:]),
+                        segmentation["token"], segmentation["clusters"], segmentation["ratio"])
+                for xs in (xs_struct, xs_apps[0])]
+            adain_masks = [tuple(self.segmentation_masks)]
         # OUT, the appearances (APP when there is one), STRUCT (the last row)
         x = [xs_struct[s.skip]] + [xs[s.skip] for xs in xs_apps] + [xs_struct[s.skip]]
         zs = [zs_struct] + zs_apps + [zs_struct] if s.inversion == "ddpm" else None
@@ -470,3 +490,67 @@ class Reference:
             eps[row] = self.eps(x[row], t, self.cond)
         self.alone = None
         return eps
+
+    # -- self-segmentation (the official utils/segmentation.py, restated) ------------------
+    def segmentation_maps(self, x: torch.Tensor, t: int, first: bool = False):
+        """One UNet pass on x (1, C, H, W) at timestep t with the prompt, keeping each kind of
+        attention map by its query count, a later layer overwriting an earlier one, as the
+        official segmentor does (with `first`, the first layer's kept instead: a wrong reading);
+        returns (the self-attention map of the finest grid (N, N), the cross-attention map of
+        the next coarser grid (N', tokens))."""
+        self.recorded, self.record_first = {}, first
+        work = self.evaluations, self.calls  # the official code reads these maps inside its sampling passes
+        try:
+            self.eps(x, t, self.cond)
+            recorded = self.recorded
+        finally:
+            self.recorded = None
+            self.evaluations, self.calls = work
+        sizes = sorted({n for cross, n in recorded if not cross}, reverse=True)
+        return recorded[False, sizes[0]][0], recorded[True, sizes[min(1, len(sizes) - 1)]][0]
+
+
+def segment(self_attention: torch.Tensor, cross_attention: torch.Tensor, grid, token: int, clusters: int = 5,
+            ratio: float = 1.4, inits: int = 10, seed: int = 1) -> torch.Tensor:
+    """The official segmentor's mask (boolean, grid (h, w)): KMeans (k-means++, the best of
+    `inits` by inertia) of the rows of the self-attention map; the noun's cross-attention
+    column `token`, on the coarser grid, repeated 2x along both axes (cut to the grid where
+    its sides are odd), normalised to (m - |min m|) / max m; a cluster is the object when its
+    mean exceeds `ratio` times the mean of the other clusters' means once the best one is
+    removed. Written in numpy from that description; an empty mask is refused (the official
+    AdaIN would turn the output to NaN)."""
+    import numpy as np
+    points = self_attention.double().numpy()
+    rng = np.random.RandomState(seed)
+    best_labels, best_inertia = None, np.inf
+    for _ in range(inits):
+        centres = [points[rng.randint(len(points))]]
+        for _ in range(1, clusters):
+            nearest = np.min([((points - c) ** 2).sum(1) for c in centres], axis=0)
+            candidates = rng.choice(len(points), size=2 + int(np.log(clusters)), p=nearest / nearest.sum())
+            potentials = [np.minimum(nearest, ((points - points[i]) ** 2).sum(1)).sum() for i in candidates]
+            centres.append(points[candidates[int(np.argmin(potentials))]])
+        centres = np.array(centres)
+        labels = None
+        for _ in range(300):
+            distances = ((points[:, None] - centres[None]) ** 2).sum(-1)
+            new = distances.argmin(1)
+            if labels is not None and (new == labels).all():
+                break
+            labels = new
+            centres = np.array([points[labels == c].mean(0) if (labels == c).any() else centres[c]
+                                for c in range(clusters)])
+        inertia = ((points - centres[labels]) ** 2).sum()
+        if inertia < best_inertia:
+            best_labels, best_inertia = labels, inertia
+    h, w = grid
+    coarse = cross_attention[:, token].double().numpy().reshape(-(-h // 2), -(-w // 2))
+    noun = coarse.repeat(2, axis=0).repeat(2, axis=1)[:h, :w].reshape(-1)
+    noun = (noun - abs(noun.min())) / noun.max()
+    scores = [noun[best_labels == c].mean() for c in range(clusters)]
+    rest = list(scores)
+    rest.remove(max(scores))
+    mask = np.isin(best_labels, [c for c in range(clusters) if scores[c] > ratio * (sum(rest) / len(rest))])
+    if not mask.any():
+        raise ValueError("the official segmentor finds no object here")
+    return torch.from_numpy(mask.reshape(h, w))

@@ -4,6 +4,7 @@ generated random-weight SD1.5 checkpoint. Screenshots go to artifacts/browser/. 
 hold for the frontends of ComfyUI 0.3.75 and 0.33 (see scripts/browser_support.py)."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from PIL import Image
 
 import headless
 import workflow_screenshots
-from browser_support import (GRAPH_STATE, NODE_SHOWS_IMAGE, PACK_NAME, QUEUE, browser_problem, comfyui_server,
-                             drop_workflow, launch_chromium, open_editor)
+from browser_support import (GRAPH_STATE, NODE_SHOWS_IMAGE, NODE_WIDGETS, PACK_NAME, QUEUE, QUEUE_FROM_EDITOR,
+                             browser_problem, comfyui_server, drop_workflow, launch_chromium, open_editor)
 from shipped import IMAGE_SIZE, REPO, WORKFLOWS, with_retired_inputs
 
 pytestmark = pytest.mark.browser
@@ -146,3 +147,45 @@ def test_workflow_screenshots(browser, server, tmp_path):
         pixels = np.asarray(image.convert("RGB"))
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200, shot
         assert pixels.std() > 10, shot
+
+
+def queue_and_wait(page, server) -> dict:
+    """Queue from the editor (the Queue action, control widgets included); the new prompt's
+    finished /history entry."""
+    before = set(page.evaluate(QUEUE_FROM_EDITOR))
+    deadline = time.monotonic() + 60
+    while not (new := set(server.get("/history")) - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert new, "the queued prompt never reached the history"
+    return server.wait_for_history(new.pop(), timeout=600)
+
+
+def test_queueing_again_after_a_sampling_setting_reuses_the_inversions(page, server):
+    """The full workflow queued twice from the editor, the attention contrast changed in between:
+    the inversions' seed is the same both times (the seed widget's control stays put: fixed
+    where the frontend offers modes, absent where it offers only randomize), so ComfyUI's
+    cache keeps both inversions and the self-segmentation masks; only the sampling runs again."""
+    workflow = json.load(open(next(p for p in WORKFLOWS if p.endswith("cross_image_attention_full.json"))))
+    by_type = {}
+    for node in workflow["nodes"]:
+        by_type.setdefault(node["type"], []).append(str(node["id"]))
+        if node["type"] == "CrossImageInvertPairDDPM":
+            node["widgets_values"][:5] = [20, "ddim_uniform", 3.5, 6, 0]  # the mechanics, not the picture: short
+    drop_workflow(page, json.dumps(workflow), "queue-twice.json")
+    types = ("CrossImageInvertPairDDPM", "CrossImageAttentionContrast", "CrossImageSampler")
+    (invert,), (contrast,), (sampler,) = (by_type[t] for t in types)
+    controls = [value for _, value in page.evaluate(NODE_WIDGETS, [invert, {}])
+                if value in ("fixed", "increment", "decrement", "randomize")]
+    assert controls in ([], ["fixed"]), controls
+
+    first = queue_and_wait(page, server)
+    seed = dict(page.evaluate(NODE_WIDGETS, [invert, {}]))["seed"]
+    page.evaluate(NODE_WIDGETS, [contrast, {"strength": 2.0}])
+    second = queue_and_wait(page, server)
+    assert first["status"]["status_str"] == second["status"]["status_str"] == "success", server.log_tail()
+    assert seed == dict(page.evaluate(NODE_WIDGETS, [invert, {}]))["seed"] == 0
+    cached = {str(node) for event, data in second["status"]["messages"] if event == "execution_cached"
+              for node in data["nodes"]}
+    assert {invert, *by_type["CrossImageSelfSegmentation"]} <= cached
+    assert sampler not in cached and contrast not in cached
+    assert page.errors == []

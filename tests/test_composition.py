@@ -4,7 +4,7 @@ with an error naming the conflict."""
 import pytest
 import torch
 
-from helpers import FINEST_TWO, invert, latent
+from helpers import FINEST_TWO, invert, latent, tiny_controlnet
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +104,6 @@ def test_gligen_on_the_prompt_is_refused(node, tiny_model, cond, pair):
         node("CrossImageSampler").execute(patched, boxed, pair[0], "euler", 1.0)
 
 
-def tiny_controlnet(model, seed: int):
-    """A ComfyUI ControlNet for `model`'s UNet, random weights (no zero convolutions)."""
-    import comfy.cldm.cldm
-    import comfy.controlnet
-    import comfy.ops
-    import tiny_models
-    config = {key: value for key, value in model.model.model_config.unet_config.items()
-              if key not in ("out_channels", "dtype", "device", "operations")}
-    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
-                                     device=torch.device("cpu"), **config)
-    tiny_models.randomize_(net, seed)
-    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"), manual_cast_dtype=None)
-
-
 def test_a_controlnet_steers_the_output_rows_only(node, tiny_model, cond, pair, monkeypatch):
     """A ControlNet on the prompt acts on the output rows: the UNet gets its residuals there and
     zeros on the appearance and structure rows, whose predictions are exactly those of the run
@@ -176,3 +162,21 @@ def test_freeu_and_model_sampling_chained_before_the_pack(node, tiny_model, cond
     assert (results["freeu"] - results["plain"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="structure: .*another kind of model"):
         node("CrossImageSampler").execute(tiny_model, cond, structure, "euler", 1.0)
+
+
+def test_a_patched_layer_that_does_not_run_is_an_error(node, tiny_model, cond, pair):
+    """A node that wraps the pack's replacement (and says so) but never calls it: the layer would
+    silently be plain attention, so the sampler refuses, naming the layers that did not run."""
+    import functools
+    import comfy.ldm.modules.attention as attention
+    (patched,) = node("CrossImageAttention").execute(tiny_model, pair[1], "0,1", 0.0, 1.0)
+    ours = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 3, 0)]
+
+    @functools.wraps(ours)
+    def skipping(q, k, v, extra_options):
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+    wrapped = patched.clone()
+    wrapped.set_model_attn1_replace(skipping, "output", 3, 0)
+    with pytest.raises(RuntimeError, match=r"model: Cross-Image Attention's patch did not run at output\.3\.0: this "
+                                           "ComfyUI release does not call the hook"):
+        node("CrossImageSampler").execute(wrapped, cond, pair[0], "euler", 1.0)

@@ -67,3 +67,15 @@ def test_inversion_reports_progress_and_stops_on_interrupt(node, tiny_model, con
         comfy_nodes_module.interrupt_processing(False)
         comfy.utils.set_progress_bar_global_hook(None)
     assert attn1_keys(tiny_model) == set()
+
+
+@pytest.mark.parametrize("node_id", ["CrossImageInvertDDIM", "CrossImageInvertPairDDIM"])
+def test_a_latent_with_a_noise_mask_is_refused(node, tiny_model, cond, node_id):
+    """Set Latent Noise Mask's LATENT (inpainting): an inversion cannot honour the mask, so it
+    says what to do instead of ignoring it."""
+    masked = {**latent(15), "noise_mask": torch.ones(1, 1, 128, 192)}
+    latents = (masked,) if node_id == "CrossImageInvertDDIM" else (latent(16), masked)
+    name = "latent" if node_id == "CrossImageInvertDDIM" else "appearance"
+    with pytest.raises(ValueError, match=f"{name}: this LATENT carries a noise mask .* give the mask to "
+                                         "Cross-Image Attention"):
+        node(node_id).execute(tiny_model, *latents, cond, 3, "normal", 1.0)

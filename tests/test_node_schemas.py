@@ -104,3 +104,18 @@ def test_tuning_inputs_are_advanced_where_comfyui_knows_the_flag(ours, pack):
         flagged = {input_name for specs in inputs_of(cls).values() for input_name, spec in specs.items()
                    if spec[1].get("advanced")}
         assert flagged == (ADVANCED_INPUTS.get(name, set()) if knows_flag else set()), name
+
+
+def test_the_readme_lists_every_node_and_the_docs_name_only_nodes_that_exist(ours):
+    """README.md's node list has one line per registered node, by its display name and id; every
+    node id the docs name (`CrossImage...` in backticks) is a registered node."""
+    import glob
+    import re
+    from shipped import REPO
+    readme = open(os.path.join(REPO, "README.md")).read()
+    listed = re.findall(r"^- \*\*(.+?)\*\* \(`(\w+)`\): \S", readme, flags=re.M)
+    assert sorted(node_id for _, node_id in listed) == sorted(ours)
+    assert all(display == info(ours[node_id])["display_name"] for display, node_id in listed)
+    for path in [os.path.join(REPO, "README.md")] + glob.glob(os.path.join(REPO, "docs", "*.md")):
+        named = set(re.findall(r"`(CrossImage[A-Za-z]+)`", open(path).read()))
+        assert named <= set(ours), (path, named - set(ours))

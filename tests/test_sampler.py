@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tiny_models
-from helpers import (FINEST_TWO, assert_same_up_to_batching, invert, invert_ddpm, latent, record_attention)
+from helpers import (FINEST_TWO, assert_same_up_to_batching, invert, invert_ddpm, latent, record_attention,
+                     tiny_controlnet)
 
 
 def test_keys_values_swapped_exactly_in_chosen_layers_and_steps(node, pack, tiny_model, cond):
@@ -163,3 +164,61 @@ def test_inversions_remember_the_exact_model(node, tiny_model, cond):
     assert torch.isfinite(out["samples"]).all()
     with pytest.raises(ValueError, match="other weights"):
         node("CrossImageSampler").execute(tiny_model, cond, made_with_patch, "euler", 1.0)
+
+
+def test_the_guider_the_patch_the_control_and_the_regions_read_one_row_layout(node, pack, tiny_model, cond,
+                                                                                 monkeypatch):
+    """A transfer with everything that depends on the rows: structure injection, appearance
+    guidance's plain rows, a ControlNet on the prompt, a structure mask (regions) and latent
+    AdaIN. Each model call's rows (core.rows.CallRows) are one object, the call plan's: the guider
+    joins and splits the batch with it, the patched layers and the region blend take their key
+    and value sources from it, the control wrapper its output rows."""
+    rows_class = pack.core.rows.CallRows
+    used = {}
+    for method in ("join", "split", "kv_sources", "output_rows"):
+        original = getattr(rows_class, method)
+
+        def recorded(self, *args, _original=original, _method=method, **kwargs):
+            used.setdefault(id(self), (self, set()))[1].add(_method if "appearance" not in kwargs or
+                                                           kwargs["appearance"] is None else "regions")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(rows_class, method, recorded)
+    plans = []
+    attend = pack.nodes.sampling.patch.attend
+
+    def seen(site, q, k, v, options, *args, **kwargs):
+        plans.append(options[pack.nodes.sampling.patch.PLAN_KEY])
+        return attend(site, q, k, v, options, *args, **kwargs)
+    monkeypatch.setattr(pack.nodes.sampling.unet, "attend", seen)
+
+    structure, _ = invert(node, tiny_model, latent(60), cond, steps=8)
+    appearance, _ = invert(node, tiny_model, latent(61), cond, steps=8)
+    hint = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(2))
+    controlled = [[cond[0][0], {**cond[0][1], "control": tiny_controlnet(tiny_model, 4).set_cond_hint(hint, 1.0)}]]
+    mask = torch.zeros(1, 128, 192)
+    mask[:, :64] = 1
+    (patched,) = node("CrossImageAttention").execute(tiny_model, appearance, "0,1", 0.2, 1.0, None, 3, 0.9, mask)
+    guidance = node("CrossImageAppearanceGuidance").execute(2.0, 1.5, 0.2)[0]
+    adain = node("CrossImageLatentAdaIN").execute(0.5, 1.0)[0]
+    node("CrossImageSampler").execute(patched, controlled, structure, "euler", 1.0, None, guidance, adain)
+
+    calls = {id(plan.rows): plan for plan in plans}
+    assert len(calls) == structure.steps  # one plan, and one CallRows, per model call
+    for key, plan in calls.items():
+        rows, methods = used[key]
+        assert rows is plan.rows
+        expected = {"join", "split", "output_rows"} | ({"regions"} if plan.regions is not None else
+                                                       {"kv_sources"} if plan.swap else set())
+        assert methods == expected, (plan.step, methods)
+    assert {plan.rows.structures for plan in calls.values()} == {0, 1}  # injection on steps 3 and 6
+    assert any(plan.rows.plain for plan in calls.values()) and any(plan.regions is not None for plan in calls.values())
+    assert {id(rows) for rows, _ in used.values()} == set(calls)  # no other layout was consulted
+
+
+def test_levels_with_empty_items_are_refused(node, tiny_model, cond):
+    appearance, _ = invert(node, tiny_model, latent(62), cond, steps=2)
+    for levels in ("0,,1", "0,1,", ",0", " , "):
+        with pytest.raises(ValueError, match="levels: expected 'auto' or comma-separated level numbers"):
+            node("CrossImageAttention").execute(tiny_model, appearance, levels, 0.0, 1.0)
+    with pytest.raises(ValueError, match="levels: choose at least one decoder level"):
+        node("CrossImageAttention").execute(tiny_model, appearance, " ", 0.0, 1.0)

@@ -232,3 +232,23 @@ def drop_workflow(page, text, name):
     and the page has settled."""
     page.evaluate(DROP_FILE, [text, name])
     page.evaluate(SETTLE)
+
+# Queue the graph as the editor's Queue button does (app.queuePrompt: the control widgets act
+# after it, e.g. "control after generate" on seeds); resolves to the prompt ids in /history
+# before, so that the caller can find the new one.
+QUEUE_FROM_EDITOR = """async () => {
+    const before = Object.keys(await (await fetch("/history")).json());
+    await app.queuePrompt(0, 1);
+    return before;
+}"""
+
+# A node's widgets as {name: value}, after setting those in `values` (as a user's edit does).
+NODE_WIDGETS = """([id, values]) => {
+    const node = app.graph.nodes.find(n => String(n.id) === String(id));
+    for (const [name, value] of Object.entries(values ?? {})) {
+        const widget = node.widgets.find(w => w.name === name);
+        widget.value = value;
+        widget.callback?.(value);
+    }
+    return node.widgets.map(w => [w.name, w.value]);
+}"""

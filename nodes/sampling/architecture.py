@@ -65,9 +65,9 @@ class Architecture:
         """Raise a ValueError if a node after Cross-Image Attention replaced its patch at `keys`."""
         raise NotImplementedError
 
-    def install_recorder(self, patcher, recorder) -> Site:
+    def install_recorder(self, patcher, recorder) -> tuple:
         """Hook `recorder` (attention_maps.AttentionRecorder) where self-segmentation reads the
-        attention; returns the Site whose token grid the maps it records lie on."""
+        attention; returns the Sites (self-attention, cross-attention) it reads."""
         raise NotImplementedError
 
 

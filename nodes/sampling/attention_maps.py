@@ -59,14 +59,16 @@ class AttentionRecorder:
         return self.apply(probs, v, options["n_heads"]).to(q.dtype)
 
 
-def record_attention(model, clip, prompt: str, word: str, latents: torch.Tensor, sigma: float):
-    """(self-attention maps (B, N, N), attention to the noun's tokens (B, N), the token grid
-    (rows, cols) they lie on, how many latent pixels a side each token covers) of one model call
-    on `latents` (model space) at noise level `sigma`, with the prompt encoded by `clip`."""
+def record_attention(model, clip, prompt: str, word: str, latents: torch.Tensor, sigma: float) -> dict:
+    """The maps self-segmentation reads, from one model call on `latents` (model space) at noise
+    level `sigma` with the prompt encoded by `clip`: "self" (B, N, N) on the token grid "grid"
+    of the self-attention site, "word" (B, N') the attention to the noun's tokens on the grid
+    "word_grid" of the cross-attention site, "scale" times coarser, and "factor": how many
+    latent pixels a side a token of "grid" covers."""
     recorder = AttentionRecorder(word_positions(clip, prompt, word))
     patched = model.clone()
     architecture = architecture_of(model)
-    site = architecture.install_recorder(patched, recorder)
+    self_site, cross_site = architecture.install_recorder(patched, recorder)
 
     def one_call(k_model, x, sigmas, extra_args=None, callback=None, disable=None):
         k_model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
@@ -74,5 +76,9 @@ def record_attention(model, clip, prompt: str, word: str, latents: torch.Tensor,
 
     guider = make_guider(patched, clip.encode_from_tokens_scheduled(clip.tokenize(prompt)), None, 1.0)
     run_sampler(guider, comfy.samplers.KSAMPLER(one_call), torch.tensor([sigma, 0.0]), latents)
-    grid = architecture.token_grid(site.key, tuple(latents.shape[-2:]))
-    return torch.stack(recorder.self_maps).mean(0), torch.stack(recorder.word_maps).mean(0), grid, site.factor
+    shape = tuple(latents.shape[-2:])
+    # one entry per part of the batch ComfyUI ran (it may split a call)
+    return {"self": torch.cat(recorder.self_maps), "word": torch.cat(recorder.word_maps),
+            "grid": architecture.token_grid(self_site.key, shape),
+            "word_grid": architecture.token_grid(cross_site.key, shape),
+            "scale": cross_site.factor // self_site.factor, "factor": self_site.factor}

@@ -49,6 +49,11 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
     intermediate device. latents: {input name: LATENT}, the names for errors."""
     cleans = []
     for name, latent in latents.items():
+        if latent.get("noise_mask") is not None:
+            raise ValueError(f"{name}: this LATENT carries a noise mask (Set Latent Noise Mask, the inpainting "
+                             "wiring), which an inversion cannot honour: it inverts the whole image. Connect VAE "
+                             "Encode's LATENT directly, and give the mask to Cross-Image Attention (structure_mask "
+                             "or appearance_mask) to keep the transfer to it")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         if samples.ndim != 4:
             raise ValueError(f"{name}: expected an image latent (batch, channels, height, width), got shape "

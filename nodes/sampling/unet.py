@@ -73,13 +73,15 @@ class UNet(Architecture):
                              f"layers {', '.join(lost)}, so they would no longer look at the appearance. Remove that "
                              "node, or put it before Cross-Image Attention on levels it does not patch")
 
-    def install_recorder(self, patcher, recorder) -> Site:
-        """Self-attention and cross-attention of the finest decoder level's layers."""
-        finest = [site for site in self.sites() if site.group == 0]
-        for site in finest:
-            patcher.set_model_attn1_replace(recorder.self_attention, "output", *site.key)
-            patcher.set_model_attn2_replace(recorder.cross_attention, "output", *site.key)
-        return finest[0]
+    def install_recorder(self, patcher, recorder) -> tuple:
+        """As the paper's code reads its 64 and 32 grids (SD1.5 at 512 px): the self-attention of
+        the finest decoder level's last layer, the cross-attention of the next coarser level's
+        last layer (of the same level where the decoder has attention at one level only)."""
+        levels = [[site for site in self._sites if site.group == group] for group in range(len(self.levels()))]
+        self_site, cross_site = levels[0][-1], levels[min(1, len(levels) - 1)][-1]
+        patcher.set_model_attn1_replace(recorder.self_attention, "output", *self_site.key)
+        patcher.set_model_attn2_replace(recorder.cross_attention, "output", *cross_site.key)
+        return self_site, cross_site
 
 
 def decoder_sites(unet) -> list:
