@@ -1,5 +1,6 @@
 """The result of inverting a latent: its whole noising trajectory, in sampling order."""
 from dataclasses import dataclass
+import math
 from typing import Optional
 
 import torch
@@ -14,9 +15,12 @@ class Inversion:
                 model's own latent space (after ComfyUI's process_latent_in);
                 trajectory[-1] is the inverted (clean) latent, trajectory[0] the noisiest.
     model_key:  identifies the model that made it (its kind and weights); sampling checks it.
-    method:     "ddim" or "ddpm" (edit-friendly).
-    noise:      (n, B, C, H, W) for "ddpm": noise[i] is the noise map of the step from
-                sigmas[i] to sigmas[i + 1]; None for "ddim".
+    method:     "ddim" (deterministic: the Euler step run backwards, on any model), "ddpm"
+                (edit-friendly DDPM, core/ddpm.py) or "flow" (its analogue on a flow, core/flow.py).
+    noise:      (n, B, C, H, W) for "ddpm" and "flow": noise[i] is the noise map of the step
+                from sigmas[i] to sigmas[i + 1]; None for "ddim".
+    guidance:   the guidance value the prompt carried into the model (Flux-dev's embedded
+                guidance), which the latents' rows need to retrace it; None for other models.
     """
 
     sigmas: torch.Tensor
@@ -24,8 +28,10 @@ class Inversion:
     model_key: str
     method: str = "ddim"
     noise: Optional[torch.Tensor] = None
+    guidance: Optional[float] = None
 
-    METHODS = ("ddim", "ddpm")
+    METHODS = ("ddim", "ddpm", "flow")
+    STOCHASTIC = ("ddpm", "flow")
 
     def __post_init__(self):
         """Refuse what would sample to garbage (files can hold anything): errors say "inversion"."""
@@ -46,8 +52,10 @@ class Inversion:
         if self.trajectory.shape[0] != self.sigmas.shape[0]:
             raise ValueError(
                 f"inversion: {self.trajectory.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
-        if (self.noise is not None) != (self.method == "ddpm"):
-            raise ValueError("inversion: DDPM inversions carry noise maps, DDIM inversions none")
+        if (self.noise is not None) != (self.method in self.STOCHASTIC):
+            raise ValueError("inversion: edit-friendly inversions carry noise maps, DDIM inversions none")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise ValueError(f"inversion: guidance must be a number, got {self.guidance!r}")
         if self.noise is not None and self.noise.shape != (self.steps,) + tuple(self.trajectory.shape[1:]):
             raise ValueError(f"inversion: noise maps of shape {tuple(self.noise.shape)} do not fit the trajectory")
 
@@ -82,6 +90,8 @@ class Inversion:
             tensors["noise"] = self.noise.contiguous()
         metadata = {"format": self.FILE_FORMAT, "version": self.FILE_VERSION,
                     "model_key": self.model_key, "method": self.method}
+        if self.guidance is not None:
+            metadata["guidance"] = repr(float(self.guidance))
         return tensors, metadata
 
     @classmethod
@@ -98,8 +108,10 @@ class Inversion:
         if missing:
             raise ValueError(f"{name}: saved inversion lacks {missing}")
         try:
+            guidance = metadata.get("guidance")
             return cls(sigmas=tensors["sigmas"], trajectory=tensors["trajectory"], model_key=metadata["model_key"],
-                       method=metadata.get("method", "ddim"), noise=tensors.get("noise"))
+                       method=metadata.get("method", "ddim"), noise=tensors.get("noise"),
+                       guidance=None if guidance is None else float(guidance))
         except ValueError as error:  # "inversion: ..." -> the input's name and the file's
             raise ValueError(f"{name}: {str(error).split(': ', 1)[-1]}") from None
 
@@ -110,6 +122,9 @@ class Inversion:
         if self.method != other.method:
             raise ValueError(f"{name} was inverted with {self.method.upper()} but {other_name} with "
                              f"{other.method.upper()}: use the same Invert node for both")
+        if self.guidance != other.guidance:
+            raise ValueError(f"{name} was inverted with guidance {self.guidance} but {other_name} with "
+                             f"{other.guidance}: invert both with one prompt (FluxGuidance)")
         if self.trajectory.shape[2] != other.trajectory.shape[2]:  # sizes may differ, channels not
             raise ValueError(f"{name} latent has {self.trajectory.shape[2]} channels but {other_name} latent "
                              f"{other.trajectory.shape[2]}: use latents of the same VAE")

@@ -22,7 +22,10 @@ class CallPlan:
     With the appearances apart (another size), the call that runs them `lend`s the keys and
     values of its patched sites to `kv_store`, per site and conditioning chunk, and the next
     call's output rows `borrow` them from there. `ran` collects the sites that ran the plan,
-    so that a planned patch that did not run is an error, not a silent no-op."""
+    so that a planned patch that did not run is an error, not a silent no-op.
+
+    latent_shape: (H, W) of the call's latents (each site's token grid follows from it);
+    progress: how far the sampling is, step / (steps - 1), for what changes over the steps."""
     step: int
     rows: CallRows
     swap: bool
@@ -33,6 +36,8 @@ class CallPlan:
     kv_store: Optional[dict] = None
     lend: bool = False
     borrow: bool = False
+    latent_shape: tuple = ()
+    progress: float = 0.0
     ran: set = field(default_factory=set, compare=False)
 
 
@@ -58,8 +63,11 @@ def plan_step(index: int, steps: Steps, rows: SamplerRows, transfer: TransferSet
     call_rows = rows.call(structures=structures, plain=scale is not None)
     borrow = rows.appearances_apart and swap and not from_structure
     store = {} if borrow else None
+    progress = index / max(1, steps.count - 1)
     main = CallPlan(index, call_rows, swap, from_structure, transfer.contrast, budget,
-                    regions if swap and not from_structure else None, store, borrow=borrow)
-    apart = CallPlan(index, call_rows.apart(), swap=False, kv_store=store, lend=borrow) \
+                    regions if swap and not from_structure else None, store, borrow=borrow,
+                    latent_shape=tuple(rows.row_shape[-2:]), progress=progress)
+    apart = CallPlan(index, call_rows.apart(), swap=False, kv_store=store, lend=borrow,
+                     latent_shape=tuple(rows.appearance_shape[-2:]), progress=progress) \
         if rows.appearances_apart else None
     return StepPlan(apart, main, scale)

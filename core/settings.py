@@ -44,6 +44,7 @@ class TransferSettings(Shared):
     structure_every: int = 0
     structure_until: float = 0.0
     regions: tuple = ()
+    positions: str = "same"  # where the appearance's keys sit, on models with RoPE (core/positions.py)
 
     @property
     def appearances(self) -> list:

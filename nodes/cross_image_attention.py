@@ -2,6 +2,7 @@
 (the decoder's self-attention on UNets) looks at the appearance image's keys and values."""
 import logging
 
+from ..core.positions import POSITIONS
 from ..core.regions import keyless
 from ..core.settings import AppearanceRegion, ContrastSettings, TransferSettings
 from .inputs import (appearance_masks, numbers, region_mask, require_inversion, require_range, require_regions,
@@ -19,20 +20,25 @@ class CrossImageAttention(io.ComfyNode):
             node_id="CrossImageAttention",
             display_name="Cross-Image Attention",
             category=CATEGORY,
-            description=("Cross-image attention (Alaluf et al. 2024): in the chosen decoder levels and steps, the "
-                         "output's self-attention uses its own queries with the appearance image's keys and values, "
-                         "so the structure is painted with the appearance. Returns a patched copy; the input MODEL "
-                         "is not changed. Sample it with Cross-Image Sampler."),
+            description=("Cross-image attention (Alaluf et al. 2024): in the chosen decoder levels (UNets) or blocks "
+                         "(Flux) and steps, the output's attention uses its own queries with the appearance image's "
+                         "keys and values (on Flux: its image tokens', the output keeping its own text), so the "
+                         "structure is painted with the appearance. Returns a patched copy; the input MODEL is not "
+                         "changed. Sample it with Cross-Image Sampler."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the inversions were made with."),
                 InversionSocket.Input("appearance", tooltip="Inversion of the appearance image (colours, textures, "
                                                             "materials to transfer)."),
                 io.String.Input("levels", default="auto",
-                                tooltip="Decoder resolution levels to swap, 0 = finest that has attention, or 'auto': "
-                                        "the paper's choice for this model and image size, the levels whose token "
-                                        "grids are nearest to 64x64 and 32x32 (SD1.5 and SD2 at 512 px, SDXL at 1024 "
-                                        "px: '0,1'; SD2 at 768 px: '1,2'; SDXL at 512 px: '0'). Adding coarser levels "
-                                        "transfers more appearance but loses more structure."),
+                                tooltip="Where to swap. UNets (SD1.x, SD2.x, SDXL): decoder resolution levels, 0 = "
+                                        "finest that has attention, or 'auto': the paper's choice for this model and "
+                                        "image size, the levels whose token grids are nearest to 64x64 and 32x32 "
+                                        "(SD1.5 and SD2 at 512 px, SDXL at 1024 px: '0,1'; SD2 at 768 px: '1,2'; SDXL "
+                                        "at 512 px: '0'); coarser levels transfer more appearance, keep less "
+                                        "structure. Flux, Chroma: blocks, numbered double blocks first (Flux: 0-18) "
+                                        "then single blocks (19-56), or a preset: 'vital' (Stable Flow's 0,1,17,18,"
+                                        "25,28,53,54,56 of Flux), 'all', 'late' or 'early' (the second or first half); "
+                                        "'auto' is vital where published, else late."),
                 io.Float.Input("start", default=0.15, min=0.0, max=1.0, step=0.01, **ADVANCED,
                                tooltip="Fraction of the denoising steps after which the swap starts (paper: step 10 "
                                        "of 68, 0.15). Earlier starts take more appearance, risking the structure."),
@@ -62,13 +68,21 @@ class CrossImageAttention(io.ComfyNode):
                 RegionsSocket.Input("regions", optional=True,
                                     tooltip="More appearance images, each for its own region of the structure, from "
                                             "Appearance Region nodes."),
+                # the last input, so that workflows saved before it keep their widget values
+                io.Combo.Input("positions", options=["auto", *POSITIONS], default="auto", optional=True, **ADVANCED,
+                               tooltip="Models with rotary positions (Flux, Chroma): where the appearance's keys sit "
+                                       "when the output attends to them. 'same' (Stable Flow) favours each output "
+                                       "pixel's own position in the appearance, copying its layout; 'shifted' puts "
+                                       "them beside the output; 'attenuated' (auto) weakens their fine positions, "
+                                       "most in early steps, so the output matches by content and keeps its own "
+                                       "layout. UNets have no such positions: auto."),
             ],
             outputs=[io.Model.Output(tooltip="A patched clone of the model; use it in Cross-Image Sampler.")],
         )
 
     @classmethod
     def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
-                structure_mask=None, appearance_mask=None, regions=None):
+                structure_mask=None, appearance_mask=None, regions=None, positions="auto"):
         require_inversion(appearance, "appearance", model)
         structure_every, structure_until, start, end = numbers(
             cls, structure_every=structure_every, structure_until=structure_until, start=start, end=end)
@@ -79,6 +93,9 @@ class CrossImageAttention(io.ComfyNode):
                              "would mix their settings. Connect the MODEL from before the first one and set all "
                              "settings on a single Cross-Image Attention node")
         architecture = architecture_of(model)
+        if positions not in ("auto", *POSITIONS):
+            raise ValueError(f"positions: one of auto, {', '.join(POSITIONS)}, got {positions!r}")
+        positions = architecture.require_positions(positions)
         sites = architecture.choose(levels, tuple(appearance.trajectory.shape[-2:]))
         logging.info("Cross-Image Attention: sites %s (%s)", ", ".join(map(architecture.site_name, sites)), levels)
         architecture.require_free(model, sites)
@@ -87,8 +104,9 @@ class CrossImageAttention(io.ComfyNode):
         patched = model.clone()
         transfer = TransferSettings(appearance=appearance, sites=sites, start=start, end=end,
                                     contrast=1.0 if contrast is None else contrast.strength,
-                                    structure_every=structure_every, structure_until=structure_until, regions=regions)
-        architecture.install(patched, sites)
+                                    structure_every=structure_every, structure_until=structure_until, regions=regions,
+                                    positions=positions)
+        architecture.install(patched, transfer)
         patched.model_options["transformer_options"][SETTINGS_KEY] = transfer
         keep_options_of_calls(patched)
         return io.NodeOutput(patched)

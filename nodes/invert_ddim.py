@@ -69,5 +69,5 @@ class CrossImageInvertDDIM(io.ComfyNode):
             model, latents, positive, negative, cfg, sigmas,
             lambda denoise, parts, report: (ddim_invert(denoise, torch.cat(parts), sigmas, floor, report), None))
         key = model_key(model)
-        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method="ddim"), noisy)
-                for trajectory, _, noisy in results]
+        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method="ddim", guidance=guidance),
+                 noisy) for trajectory, _, noisy, guidance in results]

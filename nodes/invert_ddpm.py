@@ -1,8 +1,10 @@
 """Invert (Edit-Friendly DDPM): the paper's inversion, with a noise map per step."""
+import comfy.model_sampling
 import comfy.samplers
 import torch
 
 from ..core.ddpm import edit_friendly_invert
+from ..core.flow import edit_friendly_flow_invert
 from ..core.inversion import Inversion
 from .inputs import numbers
 from .invert_ddim import inversion_inputs, inversion_outputs
@@ -55,10 +57,19 @@ class CrossImageInvertDDPM(io.ComfyNode):
         sigmas = schedule[skip:]
         steps = sigmas.shape[0] - 1
 
+        # on a flow (Flux, ...) the analogue for ComfyUI's euler_ancestral step (core/flow.py)
+        flow = isinstance(sampling, comfy.model_sampling.CONST)
+        if flow and getattr(sampling, "noise_scale", 1.0) != 1.0:
+            raise ValueError(f"model: its sampling scales the noise by {sampling.noise_scale}, which the samplers "
+                             "apply on some ComfyUI releases and not on others; invert and sample without it")
+        method, inversion = ("flow", edit_friendly_flow_invert) if flow else ("ddpm", edit_friendly_invert)
+
         def invert(denoise, parts, report):
             fresh = torch.cat([torch.randn((steps,) + tuple(part.shape), generator=torch.Generator().manual_seed(seed))
                                for part in parts], dim=1)
-            return edit_friendly_invert(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report)
+            return inversion(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report)
         key = model_key(model)
-        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method="ddpm", noise=noise), noisy)
-                for trajectory, noise, noisy in run_inversion(model, latents, positive, negative, cfg, sigmas, invert)]
+        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method=method, noise=noise,
+                           guidance=guidance), noisy)
+                for trajectory, noise, noisy, guidance in run_inversion(model, latents, positive, negative, cfg,
+                                                                        sigmas, invert)]

@@ -14,15 +14,18 @@ from .sockets import CATEGORY, GuidanceSocket, InversionSocket, LatentAdaINSocke
 # (core/ddim.py; ComfyUI's "ddim" is Euler); an edit-friendly DDPM inversion is retraced by
 # ComfyUI's DDPM step replaying its noise maps. Others (multistep, ancestral, SDE, CFG++)
 # land elsewhere, or crash on the batch layout.
-RETRACING = {"ddim": ("euler", "ddim"), "ddpm": ("ddpm",)}
+RETRACING = {"ddim": ("euler", "ddim"), "ddpm": ("ddpm",), "flow": ("euler_ancestral",)}
 INVERSION_NAMES = {"ddim": "a DDIM inversion",
-                   "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)"}
+                   "ddpm": "an edit-friendly DDPM inversion (it replays the inversion's noise maps)",
+                   "flow": "an edit-friendly inversion of a flow model (euler_ancestral replays its noise maps)"}
 
 # Conditioning that adds its own signal to every batch row the model runs, inside attention
 # where it cannot be kept to the output rows: in the Cross-Image Sampler's batch it would act on
 # the appearance and structure rows too. (ControlNets and T2I adapters are kept to the output
 # rows: sampling/control.py.)
-STEERING = {"gligen": "GLIGEN boxes"}
+# Reference latents (ReferenceLatent: Flux Kontext, Flux.2 editing) add image tokens of their own
+# to every row, which the swap's image tokens would not tell apart.
+STEERING = {"gligen": "GLIGEN boxes", "reference_latents": "reference latents"}
 
 
 class CrossImageSampler(io.ComfyNode):
@@ -83,7 +86,7 @@ class CrossImageSampler(io.ComfyNode):
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:
-            sampler = comfy.samplers.ksampler("ddpm", {"noise_sampler": noise_replay(rows, structure, transfer)})
+            sampler = comfy.samplers.ksampler(sampler_name, {"noise_sampler": noise_replay(rows, structure, transfer)})
         samples = run_sampler(guider, sampler, structure.sigmas, start_latents(rows, structure, transfer))
         return io.NodeOutput({"samples": samples[:structure.batch_size]})
 

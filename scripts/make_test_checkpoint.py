@@ -32,8 +32,8 @@ Linear/Conv weights ~ N(0, 1/fan_in), biases 0, norm weights 1 and biases 0,
 embeddings ~ N(0, 0.02), CLIP's logit scale log(100).
 
 Usage: python scripts/make_test_checkpoint.py OUT.safetensors [--family sd15|sd2v|sdxl] [--seed N] [--comfyui PATH]
-ComfyUI is imported only inside build_checkpoint; put its folder on sys.path
-first (the command line does that from --comfyui, default $COMFYUI_PATH).  On a
+ComfyUI is imported only inside build_checkpoint; make it importable first
+(headless.use_comfyui; the command line does that from --comfyui, default $COMFYUI_PATH).  On a
 machine without a usable GPU, build_checkpoint switches ComfyUI to its --cpu
 mode before comfy.model_management is first imported, since that import fails
 otherwise with a CUDA build of torch.
@@ -203,7 +203,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not args.comfyui:
         p.error("give --comfyui PATH or set COMFYUI_PATH")
-    sys.path.insert(0, os.path.abspath(args.comfyui))
+    import headless
+    headless.use_comfyui(args.comfyui)
     t0 = time.perf_counter()
     n = build_checkpoint(args.out, seed=args.seed, family=args.family)
     size = os.path.getsize(args.out) / 2**20

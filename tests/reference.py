@@ -1,13 +1,15 @@
-"""An independent, deliberately naive Cross-Image Attention written from algorithm.md on
-diffusers' UNet2DConditionModel; the parity tests hold the nodes to it. It imports nothing of
+"""An independent, deliberately naive Cross-Image Attention written from the paper (Alaluf et al.
+2024) and the official code's algorithm, restated in numbers, on diffusers'
+UNet2DConditionModel; the parity tests hold the nodes to it. It imports nothing of
 the pack and shares none of its code paths: it works like the paper's code, on
 variance-preserving latents with DDPM arithmetic on alphas_cumprod, the batch of three
 [output, appearance, structure], two full UNet passes per step (with and without the swap),
 attention maps materialised whole, and AdaIN on the batch after each step.
 
-Where the pack differs from the official code on purpose (README, "Deliberate differences"),
-this follows the pack: the attention sees the step being taken (no one-step lag) and the last
-step ends at alphas_cumprod = 1 (`final_abar`; the official code uses alphas_cumprod[0]).
+Where the pack differs from the official code on purpose (docs/method.md, "Where this differs
+from the paper's code, on purpose"), this follows the pack: the attention sees the step being
+taken (no one-step lag) and the last step ends at alphas_cumprod = 1 (`final_abar`; the
+official code uses alphas_cumprod[0]).
 
 Regions (`Region`, `Reference.transfer(regions=...)`): several appearances, each inverted and
 denoised in its own rows of the batch [output, appearance 0, ..., appearance R-1, structure],
@@ -17,7 +19,12 @@ steps the output's decoder self-attention at the swapped grids is
 with w_r region r's share of each token (its structure mask, pooled to the token grid), CA_r
 the contrast attention over region r's appearance keys inside its appearance mask, and SELF
 plain attention over the output's own keys; latent AdaIN then runs once per region within its
-masks. One region without masks is exactly the computation above."""
+masks. One region without masks is exactly the computation above.
+
+Self-segmentation (`segment`, `Reference.segmentation_maps`, `transfer(segmentation=...)`): the
+official segmentor restated, reading the last self-attention layer of the finest grid and the
+cross-attention of the next coarser grid of one UNet pass, as its resolution-keyed store keeps
+them."""
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple

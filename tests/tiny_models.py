@@ -29,7 +29,7 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
             if param.ndim >= 2:
                 fan_in = param[0].numel()
                 param.copy_(torch.randn(param.shape, generator=generator) / fan_in ** 0.5)
-            elif name.endswith("weight"):
+            elif name.endswith(("weight", "scale")):  # norms' gains (RMSNorm names its gain "scale")
                 param.fill_(1.0)
             else:
                 param.zero_()
@@ -100,3 +100,56 @@ def sdxl_conditioning(seed: int = 0, tokens: int = 8):
     generator = torch.Generator().manual_seed(seed)
     context = torch.randn(1, tokens, CONTEXT_DIM, generator=generator)
     return [[context, {"pooled_output": torch.randn(1, POOLED_DIM, generator=generator)}]]
+
+
+FLUX_CONTEXT, FLUX_POOLED = 32, 24  # the tiny Flux models' text embedding and pooled text widths
+
+
+def tiny_flux_config(kind: str = "dev") -> dict:
+    """A Flux-family configuration with 256 channels (2 heads of 128, as every Flux), 2 double and
+    2 single blocks: kind "dev" (guidance embedding) or "schnell" (none), Flux.1's 16-channel
+    latents in 2x2 patches and 3 RoPE axes; or "flux2": Flux.2's 128-channel latents, patch 1, 4
+    RoPE axes, shared modulation."""
+    common = dict(context_in_dim=FLUX_CONTEXT, hidden_size=256, num_heads=2, depth=2, depth_single_blocks=2)
+    if kind == "flux2":
+        return dict(common, image_model="flux2", in_channels=128, out_channels=128, patch_size=1,
+                    vec_in_dim=None, mlp_ratio=3.0, axes_dim=[32, 32, 32, 32], theta=2000, qkv_bias=False,
+                    guidance_embed=True, global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                    default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
+    return dict(common, image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=FLUX_POOLED,
+                mlp_ratio=4.0, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=kind == "dev",
+                txt_ids_dims=[])
+
+
+def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0):
+    """A ComfyUI MODEL of the Flux family (tiny_flux_config(kind)) with random weights, on the
+    CPU, built as ComfyUI's loader builds one (supported_models.Flux / FluxSchnell / Flux2 and
+    model_base.Flux): ComfyUI 0.33.0 detects such a state dict itself, 0.3.75's loader fixes 24
+    heads, so it is built directly."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.model_patcher
+    import comfy.supported_models
+    fields = {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+    config = {key: value for key, value in tiny_flux_config(kind).items() if key in fields}  # this release's
+    family = {"dev": comfy.supported_models.Flux, "schnell": comfy.supported_models.FluxSchnell,
+              "flux2": comfy.supported_models.Flux2}[kind](config)
+    family.set_inference_dtype(torch.float32, None)
+    base = family.get_model({}, device=torch.device("cpu"))
+    randomize_(base.diffusion_model, seed)
+    with torch.no_grad():
+        base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
+    base.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def flux_conditioning(seed: int = 0, tokens: int = 8, guidance=3.5, kind: str = "dev"):
+    """A Flux CONDITIONING for the tiny Flux models: a T5-like context, CLIP's pooled text (Flux.1)
+    and the embedded guidance (Flux-dev, Flux.2; None: none)."""
+    generator = torch.Generator().manual_seed(seed)
+    extra = {} if guidance is None else {"guidance": guidance}
+    # Flux.2 takes no pooled text (its text encoder gives None)
+    extra["pooled_output"] = None if kind == "flux2" else torch.randn(1, FLUX_POOLED, generator=generator)
+    return [[torch.randn(1, tokens, FLUX_CONTEXT, generator=generator), extra]]
+

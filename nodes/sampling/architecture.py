@@ -6,7 +6,8 @@ runs on; it asks the adapter (docs/architecture.md).
 An adapter knows:
 - the attention *sites* the method can patch (Site: a key the hooks see, a group users name
   and the site's token grid), and how users choose them (`choose`: UNet "levels");
-- which tokens of a site are image tokens (UNet self-attention: all of them);
+- which tokens of a site are image tokens (UNet self-attention: all of them; a DiT's joint
+  attention: the image's, after the text's), and where the appearance's keys sit (RoPE);
 - how to install the patch through ComfyUI's supported hooks (`install`) on a clone, and how to
   tell a conflicting patch of another node (`require_free`, `require_intact`);
 - what to record for self-segmentation (`install_recorder`).
@@ -53,8 +54,14 @@ class Architecture:
         """How errors name a site."""
         raise NotImplementedError
 
-    def install(self, patcher, keys) -> None:
-        """Put the patch at the sites `keys` of `patcher` (a clone) through ComfyUI's hooks."""
+    def install(self, patcher, transfer) -> None:
+        """Put the patch at the sites of `transfer` (core.settings.TransferSettings) on `patcher`
+        (a clone) through ComfyUI's hooks."""
+        raise NotImplementedError
+
+    def require_positions(self, positions: str) -> str:
+        """The appearance keys' positions (core/positions.py) this architecture takes for the
+        user's choice ("auto": its default), or a ValueError naming the input."""
         raise NotImplementedError
 
     def require_free(self, model, keys) -> None:
@@ -73,13 +80,14 @@ class Architecture:
 
 def architecture_of(model) -> Architecture:
     """The adapter for a ComfyUI MODEL, or a ValueError naming the input."""
+    from .flux import Flux
     from .unet import UNet
     diffusion_model = model.get_model_object("diffusion_model")
-    for adapter in (UNet,):
+    for adapter in (UNet, Flux):
         if adapter.fits(diffusion_model):
             return adapter(diffusion_model)
     raise ValueError(f"model: the Cross-Image nodes do not know the {type(diffusion_model).__name__} architecture "
-                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL)")
+                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL; and on Flux, Flux.2 and Chroma)")
 
 
 def site_grids(architecture: Architecture, keys, latent_shape: tuple, appearance_shape: tuple) -> dict:

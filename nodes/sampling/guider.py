@@ -9,7 +9,7 @@ from ...core.adain import adain_by_regions
 from ...core.guidance import guide
 from ...core.plan import plan_step
 from ...core.schedule import step_index, transfer_steps
-from .control import control_on_outputs
+from .control import on_outputs
 from .patch import PLAN_KEY
 
 
@@ -22,7 +22,8 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     transfer: the Cross-Image Attention settings (core.settings.TransferSettings); architecture:
     the model's adapter (architecture.py), which names sites that did not run; regions: the
     transfer's core.regions.RegionMaps or None; adain_masks: latent AdaIN's masks at latent
-    size (structure, appearance) without regions.
+    size (structure, appearance) without regions; inversion_guidance: the embedded guidance the
+    inversions were made with (control.py), or None.
 
     Latent AdaIN: ComfyUI's samplers have no hook between steps, so the match after a step is
     applied, in place, to the latent handed to the next model call (the sampler continues from
@@ -30,10 +31,11 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     samplers sampler.RETRACING allows)."""
 
     def __init__(self, model_patcher, transfer, architecture, rows, guidance=None, latent_adain=None, regions=None,
-                 adain_masks=(None, None)):
+                 adain_masks=(None, None), inversion_guidance=None):
         super().__init__(model_patcher)
         self.transfer, self.architecture, self.rows = transfer, architecture, rows
         self.guidance, self.latent_adain, self.regions, self.adain_masks = guidance, latent_adain, regions, adain_masks
+        self.inversion_guidance = inversion_guidance
         self.steps, self.appearance_conds, self.steered = None, None, False
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
@@ -101,9 +103,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         conditions and the call's plan in transformer_options; controls act on the output rows
         only (control.py). Every patched site must have run the plan."""
         options = {**model_options, "transformer_options": {**model_options["transformer_options"], PLAN_KEY: plan}}
-        if self.steered:
-            wrapped = model_options.get("model_function_wrapper")
-            options["model_function_wrapper"] = control_on_outputs(plan.rows, wrapped)
+        if self.steered or self.inversion_guidance is not None:
+            options["model_function_wrapper"] = on_outputs(plan.rows, model_options.get("model_function_wrapper"),
+                                                           self.inversion_guidance)
         out = comfy.samplers.sampling_function(self.inner_model, x, timestep[:1].repeat(x.shape[0]),
                                                conds.get("negative"), conds.get("positive"), self.cfg,
                                                model_options=options, seed=seed)

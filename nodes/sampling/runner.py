@@ -30,9 +30,21 @@ def run_sampler(guider, sampler, sigmas: torch.Tensor, start: torch.Tensor) -> t
     # CFGGuider.sample maps LATENT space into model space itself (process_latent_in).
     latent_image = model.model.process_latent_out(start)
     callback = latent_preview.prepare_callback(model, sigmas.shape[0] - 1)
-    samples = guider.sample(torch.zeros_like(latent_image), latent_image, sampler, sigmas,
+    samples = guider.sample(start_noise(model, start, sigmas[0]), latent_image, sampler, sigmas,
                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     return samples.to(comfy.model_management.intermediate_device())
+
+
+def start_noise(model, start: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The noise with which a sampler starts exactly at `start` (model space) at noise level
+    `sigma`, the latent image being `start` too: ComfyUI's samplers start at
+    model_sampling.noise_scaling(sigma, noise, latent) = a noise + b latent, with b = 1 on
+    eps and v models (zero noise) and b = 1 - sigma on flows (the noise is the latent)."""
+    sampling = model.get_model_object("model_sampling")
+    one, zero = torch.ones(1, 1), torch.zeros(1, 1)
+    a = float(sampling.noise_scaling(sigma.reshape(1).cpu(), one.clone(), zero.clone()))
+    b = float(sampling.noise_scaling(sigma.reshape(1).cpu(), zero.clone(), one.clone()))
+    return start * ((1 - b) / a) if a != 0 and b != 1 else torch.zeros_like(start)
 
 
 def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule: torch.Tensor, invert) -> list:
@@ -45,8 +57,9 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
     denoised, x) drives the progress bar and previews. It runs as a ComfyUI sampler function,
     handed the schedule flipped (ascending) so that ComfyUI starts it from the clean latent
     without adding noise.
-    Returns (trajectory, noise, noisy LATENT) for each latent, the tensors on ComfyUI's
-    intermediate device. latents: {input name: LATENT}, the names for errors."""
+    Returns (trajectory, noise, noisy LATENT, the embedded guidance its model calls got or
+    None) for each latent, the tensors on ComfyUI's intermediate device. latents: {input name:
+    LATENT}, the names for errors."""
     cleans = []
     for name, latent in latents.items():
         if latent.get("noise_mask") is not None:
@@ -63,10 +76,10 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
     for shape in dict.fromkeys(tuple(clean.shape[1:]) for clean in cleans):
         members = [i for i, clean in enumerate(cleans) if tuple(clean.shape[1:]) == shape]
         parts = [cleans[i] for i in members]
-        trajectory, noise, noisy = invert_batch(model, parts, positive, negative, cfg, schedule, invert)
+        trajectory, noise, noisy, guidance = invert_batch(model, parts, positive, negative, cfg, schedule, invert)
         sizes = [len(part) for part in parts]
         for i, t, z, x in zip(members, trajectory.split(sizes, 1), split_or_none(noise, sizes), noisy.split(sizes)):
-            results[i] = t, z, {"samples": x}
+            results[i] = t, z, {"samples": x}, guidance
     return results
 
 
@@ -75,10 +88,10 @@ def split_or_none(t, sizes):
 
 
 def invert_batch(model, parts, positive, negative, cfg, schedule, invert):
-    """(trajectory, noise or None, noisy latent) of the latents `parts` (model space, one
-    shape) inverted as one batch (run_inversion)."""
-    guider = make_guider(model, positive, negative, cfg)
+    """(trajectory, noise or None, noisy latent, embedded guidance or None) of the latents
+    `parts` (model space, one shape) inverted as one batch (run_inversion)."""
     record = {}
+    guider = make_guider(noting_guidance(model, record), positive, negative, cfg)
 
     def sampler_function(k_model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -96,7 +109,32 @@ def invert_batch(model, parts, positive, negative, cfg, schedule, invert):
         record["trajectory"], record["noise"] = invert(denoise, list(x.split([len(p) for p in parts])), report)
         return record["trajectory"][0]
 
-    noisy = run_sampler(guider, comfy.samplers.KSAMPLER(sampler_function), schedule.flip(0), torch.cat(parts))
+    run_sampler(guider, comfy.samplers.KSAMPLER(sampler_function), schedule.flip(0), torch.cat(parts))
     device = comfy.model_management.intermediate_device()
+    # the noisiest latent, in LATENT space (a flow sampler's result at sigma 1 would be divided by 1 - sigma)
+    noisy = model.model.process_latent_out(record["trajectory"][0]).to(device)
     noise = record["noise"]
-    return record["trajectory"].float().to(device), None if noise is None else noise.float().to(device), noisy
+    return (record["trajectory"].float().to(device), None if noise is None else noise.float().to(device), noisy,
+            record.get("guidance"))
+
+
+def noting_guidance(model, record: dict):
+    """A clone of `model` whose calls note in record["guidance"] the embedded guidance its
+    conditional rows get (c["guidance"]: Flux-dev's, from the prompt or the model's default),
+    which sampling must give the same latents again."""
+    previous = model.model_options.get("model_function_wrapper")
+
+    def wrapper(apply_model, args):
+        guidance, kinds = args["c"].get("guidance"), args["cond_or_uncond"]
+        if guidance is not None:
+            rows = guidance.reshape(len(kinds), -1)[[i for i, kind in enumerate(kinds) if kind == 0]]
+            values = sorted(set(rows.flatten().tolist()) | ({record["guidance"]} if "guidance" in record else set()))
+            if len(values) > 1:
+                raise ValueError(f"positive: its entries carry different guidance values {values}; invert with one")
+            record["guidance"] = values[0]
+        if previous is not None:
+            return previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    noted = model.clone()
+    noted.set_model_unet_function_wrapper(wrapper)
+    return noted

@@ -66,7 +66,7 @@ def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, lat
         adain_masks = (latent_mask(latent_adain.structure_mask, structure.clean, "structure_mask"),
                        latent_mask(latent_adain.appearance_mask, transfer.appearance.clean, "appearance_mask"))
     return lambda patcher: CrossImageGuider(patcher, transfer, architecture, rows, guidance, latent_adain, regions,
-                                            adain_masks)
+                                            adain_masks, structure.guidance)
 
 
 def sampling_regions(architecture, transfer, structure, latent_adain):

@@ -51,9 +51,16 @@ class UNet(Architecture):
         """output block id, transformer index."""
         return f"output.{key[0]}.{key[1]}"
 
-    def install(self, patcher, keys) -> None:
-        for block_id, index in keys:
+    def install(self, patcher, transfer) -> None:
+        for block_id, index in transfer.sites:
             patcher.set_model_attn1_replace(SELF_ATTENTION, "output", block_id, index)
+
+    def require_positions(self, positions: str) -> str:
+        """A UNet's self-attention has no position embedding: the keys' positions are not a choice."""
+        if positions not in ("auto", "same"):
+            raise ValueError(f"positions: {positions!r} moves the appearance keys' rotary positions, which Stable "
+                             "Diffusion UNets do not have; leave it at auto")
+        return "same"
 
     def require_free(self, model, keys) -> None:
         replaced = attn1_replacements(model)
