@@ -105,12 +105,13 @@ def sdxl_conditioning(seed: int = 0, tokens: int = 8):
 FLUX_CONTEXT, FLUX_POOLED = 32, 24  # the tiny Flux models' text embedding and pooled text widths
 
 
-def tiny_flux_config(kind: str = "dev") -> dict:
-    """A Flux-family configuration with 256 channels (2 heads of 128, as every Flux), 2 double and
-    2 single blocks: kind "dev" (guidance embedding) or "schnell" (none), Flux.1's 16-channel
-    latents in 2x2 patches and 3 RoPE axes; or "flux2": Flux.2's 128-channel latents, patch 1, 4
-    RoPE axes, shared modulation."""
-    common = dict(context_in_dim=FLUX_CONTEXT, hidden_size=256, num_heads=2, depth=2, depth_single_blocks=2)
+def tiny_flux_config(kind: str = "dev", blocks=(2, 2), heads: int = 2) -> dict:
+    """A Flux-family configuration with `heads` heads of 128 channels (as every Flux) and
+    `blocks` (double, single) blocks: kind "dev" (guidance embedding) or "schnell" (none),
+    Flux.1's 16-channel latents in 2x2 patches and 3 RoPE axes; or "flux2": Flux.2's 128-channel
+    latents, patch 1, 4 RoPE axes, shared modulation."""
+    common = dict(context_in_dim=FLUX_CONTEXT, hidden_size=128 * heads, num_heads=heads, depth=blocks[0],
+                  depth_single_blocks=blocks[1])
     if kind == "flux2":
         return dict(common, image_model="flux2", in_channels=128, out_channels=128, patch_size=1,
                     vec_in_dim=None, mlp_ratio=3.0, axes_dim=[32, 32, 32, 32], theta=2000, qkv_bias=False,
@@ -121,8 +122,8 @@ def tiny_flux_config(kind: str = "dev") -> dict:
                 txt_ids_dims=[])
 
 
-def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0):
-    """A ComfyUI MODEL of the Flux family (tiny_flux_config(kind)) with random weights, on the
+def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0, **config):
+    """A ComfyUI MODEL of the Flux family (tiny_flux_config(kind, **config)) with random weights, on the
     CPU, built as ComfyUI's loader builds one (supported_models.Flux / FluxSchnell / Flux2 and
     model_base.Flux): ComfyUI 0.33.0 detects such a state dict itself, 0.3.75's loader fixes 24
     heads, so it is built directly."""
@@ -132,7 +133,7 @@ def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0)
     import comfy.model_patcher
     import comfy.supported_models
     fields = {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
-    config = {key: value for key, value in tiny_flux_config(kind).items() if key in fields}  # this release's
+    config = {key: value for key, value in tiny_flux_config(kind, **config).items() if key in fields}  # this release's
     family = {"dev": comfy.supported_models.Flux, "schnell": comfy.supported_models.FluxSchnell,
               "flux2": comfy.supported_models.Flux2}[kind](config)
     family.set_inference_dtype(torch.float32, None)
