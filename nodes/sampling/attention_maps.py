@@ -65,10 +65,9 @@ def record_attention(model, clip, prompt: str, word: str, latents: torch.Tensor,
     of the self-attention site, "word" (B, N') the attention to the noun's tokens on the grid
     "word_grid" of the cross-attention site, "scale" times coarser, and "factor": how many
     latent pixels a side a token of "grid" covers."""
-    recorder = AttentionRecorder(word_positions(clip, prompt, word))
-    patched = model.clone()
-    architecture = architecture_of(model)
+    recorder, patched, architecture = AttentionRecorder([]), model.clone(), architecture_of(model)
     self_site, cross_site = architecture.install_recorder(patched, recorder)
+    recorder.positions = word_positions(clip, prompt, word)
 
     def one_call(k_model, x, sigmas, extra_args=None, callback=None, disable=None):
         k_model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
