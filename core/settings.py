@@ -44,7 +44,7 @@ class TransferSettings(Shared):
     structure_every: int = 0
     structure_until: float = 0.0
     regions: tuple = ()
-    positions: str = "same"  # where the appearance's keys sit, on models with RoPE (core/positions.py)
+    positions: Optional["PositionSettings"] = None  # on models with rotary positions, else None
 
     @property
     def appearances(self) -> list:
@@ -55,6 +55,16 @@ class TransferSettings(Shared):
     def injects_structure(self) -> bool:
         """Whether any step may take the structure's keys and values (core/schedule.py decides which)."""
         return self.structure_every > 0 and self.structure_until > 0
+
+
+@dataclass(frozen=True)
+class PositionSettings:
+    """Where the appearance's keys sit when the output attends to them, on models with rotary
+    position embeddings (core/positions.py): "attenuated" (their high frequency bands scaled from
+    high_start at the first step to high_end at the last), "same" or "shifted"."""
+    kind: str = "attenuated"
+    high_start: float = 0.0
+    high_end: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension
 
 from .adain_image import CrossImageAdaINImage
 from .appearance_guidance import CrossImageAppearanceGuidance
+from .appearance_positions import CrossImageAppearancePositions
 from .appearance_region import CrossImageAppearanceRegion
 from .attention_contrast import CrossImageAttentionContrast
 from .cross_image_attention import CrossImageAttention
@@ -22,6 +23,7 @@ NODES = [
     CrossImageInvertPairDDPM,
     CrossImageAttention,
     CrossImageAttentionContrast,
+    CrossImageAppearancePositions,
     CrossImageAppearanceRegion,
     CrossImageSampler,
     CrossImageAppearanceGuidance,

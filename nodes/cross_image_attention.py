@@ -2,15 +2,14 @@
 (the decoder's self-attention on UNets) looks at the appearance image's keys and values."""
 import logging
 
-from ..core.positions import POSITIONS
 from ..core.regions import keyless
-from ..core.settings import AppearanceRegion, ContrastSettings, TransferSettings
+from ..core.settings import AppearanceRegion, ContrastSettings, PositionSettings, TransferSettings
 from .inputs import (appearance_masks, numbers, region_mask, require_inversion, require_range, require_regions,
                      require_settings)
 from .sampling.architecture import architecture_of
 from .sampling.compiled import keep_options_of_calls
 from .sampling.transfer import SETTINGS_KEY, transfer_settings
-from .sockets import ADVANCED, CATEGORY, ContrastSocket, InversionSocket, RegionsSocket, io
+from .sockets import ADVANCED, CATEGORY, ContrastSocket, InversionSocket, PositionsSocket, RegionsSocket, io
 
 
 class CrossImageAttention(io.ComfyNode):
@@ -68,21 +67,18 @@ class CrossImageAttention(io.ComfyNode):
                 RegionsSocket.Input("regions", optional=True,
                                     tooltip="More appearance images, each for its own region of the structure, from "
                                             "Appearance Region nodes."),
-                # the last input, so that workflows saved before it keep their widget values
-                io.Combo.Input("positions", options=["auto", *POSITIONS], default="auto", optional=True, **ADVANCED,
-                               tooltip="Models with rotary positions (Flux, Chroma): where the appearance's keys sit "
-                                       "when the output attends to them. 'same' (Stable Flow) favours each output "
-                                       "pixel's own position in the appearance, copying its layout; 'shifted' puts "
-                                       "them beside the output; 'attenuated' (auto) weakens their fine positions, "
-                                       "most in early steps, so the output matches by content and keeps its own "
-                                       "layout. UNets have no such positions: auto."),
+                PositionsSocket.Input("positions", optional=True,
+                                      tooltip="Flux and Chroma: where the appearance's keys sit when the output "
+                                              "attends to them, from Appearance Positions; without it, attenuated "
+                                              "(the output matches by content and keeps its own layout). UNets have "
+                                              "no such positions."),
             ],
             outputs=[io.Model.Output(tooltip="A patched clone of the model; use it in Cross-Image Sampler.")],
         )
 
     @classmethod
     def execute(cls, model, appearance, levels, start, end, contrast=None, structure_every=5, structure_until=0.59,
-                structure_mask=None, appearance_mask=None, regions=None, positions="auto"):
+                structure_mask=None, appearance_mask=None, regions=None, positions=None):
         require_inversion(appearance, "appearance", model)
         structure_every, structure_until, start, end = numbers(
             cls, structure_every=structure_every, structure_until=structure_until, start=start, end=end)
@@ -93,9 +89,8 @@ class CrossImageAttention(io.ComfyNode):
                              "would mix their settings. Connect the MODEL from before the first one and set all "
                              "settings on a single Cross-Image Attention node")
         architecture = architecture_of(model)
-        if positions not in ("auto", *POSITIONS):
-            raise ValueError(f"positions: one of auto, {', '.join(POSITIONS)}, got {positions!r}")
-        positions = architecture.require_positions(positions)
+        positions = architecture.require_positions(require_settings("positions", positions, PositionSettings,
+                                                                    "Appearance Positions"))
         sites = architecture.choose(levels, tuple(appearance.trajectory.shape[-2:]))
         logging.info("Cross-Image Attention: sites %s (%s)", ", ".join(map(architecture.site_name, sites)), levels)
         architecture.require_free(model, sites)

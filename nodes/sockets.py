@@ -13,6 +13,7 @@ ContrastSocket = io.Custom("CROSS_IMAGE_CONTRAST")    # carries settings.Contras
 GuidanceSocket = io.Custom("CROSS_IMAGE_GUIDANCE")    # carries settings.GuidanceSettings
 LatentAdaINSocket = io.Custom("CROSS_IMAGE_LATENT_ADAIN")  # carries settings.LatentAdaINSettings
 RegionsSocket = io.Custom("CROSS_IMAGE_REGIONS")  # carries a tuple of settings.AppearanceRegion
+PositionsSocket = io.Custom("CROSS_IMAGE_POSITIONS")  # carries settings.PositionSettings
 
 # Tuning inputs most users never touch: the editor folds them away where it knows the flag
 # (0.33.0); on 0.3.75, whose inputs have no such argument, they are ordinary inputs.

@@ -12,6 +12,8 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# ComfyUI's own extra nodes the shipped workflows use (FluxGuidance), loaded from its comfy_extras
+EXTRA_NODES = ("nodes_flux.py",)
 
 
 def use_comfyui(comfy_path) -> str:
@@ -28,7 +30,7 @@ def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=(
     """Import ComfyUI from `comfy_path`, point its folders, and load this pack's nodes.
 
     Returns the `nodes` module (ComfyUI's node registry)."""
-    use_comfyui(comfy_path)
+    comfy_path = use_comfyui(comfy_path)
     import torch
     from comfy.cli_args import args
     if not torch.cuda.is_available():
@@ -43,6 +45,9 @@ def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=(
     for directory in checkpoint_dirs:
         folder_paths.add_model_folder_path("checkpoints", directory)
     if "CrossImageSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        for extra in EXTRA_NODES:
+            extra_path = os.path.join(comfy_path, "comfy_extras", extra)
+            asyncio.run(nodes.load_custom_node(extra_path, module_parent="comfy_extras"))
         if not asyncio.run(nodes.load_custom_node(REPO)):
             raise RuntimeError("the Cross-Image Attention nodes failed to load (see the log above)")
     return nodes
@@ -71,7 +76,7 @@ def node_definitions(nodes) -> dict:
     return {name: node_definition(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 
-def _is_widget(spec) -> bool:
+def is_widget(spec) -> bool:
     kind = spec[0]
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
@@ -119,7 +124,7 @@ def workflow_to_prompt(workflow: dict, definitions: dict) -> dict:
             specs = definition["input"].get(section, {})
             for name in definition["input_order"].get(section, []):
                 spec = specs[name]
-                if _is_widget(spec):
+                if is_widget(spec):
                     value = values.pop(0) if values else _widget_default(spec)
                     if _has_control_widget(name, spec) and values:
                         values.pop(0)

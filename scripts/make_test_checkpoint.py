@@ -193,6 +193,22 @@ def build_checkpoint(path, seed=0, dtype=torch.float16, family="sd15"):
     return len(sd)
 
 
+FLUX_VAE_DDCONFIG = dict(VAE_DDCONFIG, z_channels=16)  # Flux's autoencoder: 16 latent channels, no quant convs
+
+
+def build_flux_vae(path, seed=0, dtype=torch.float16):
+    """Write a random full-size Flux autoencoder (ae.safetensors' layout, which VAELoader detects)."""
+    from safetensors.torch import save_file
+    _prepare_comfy()
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    with torch.device("meta"):
+        module = AutoencoderKL(ddconfig=FLUX_VAE_DDCONFIG, embed_dim=16)
+    skip = tuple(f"{conv}.{kind}" for conv in ("quant_conv", "post_quant_conv") for kind in ("weight", "bias"))
+    sd = _random_state_dict(module, "", torch.Generator().manual_seed(seed), dtype, skip)
+    save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    return len(sd)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="output .safetensors path")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import headless  # scripts/headless.py (pytest.ini's pythonpath)
-from shipped import EXAMPLE_IMAGES, IMAGE_SIZE, WORKFLOWS
+from shipped import EXAMPLE_IMAGES, IMAGE_SIZE, MODEL_FOLDERS, WORKFLOWS
 
 
 def _comfy_path() -> str:
@@ -20,7 +20,8 @@ def _comfy_path() -> str:
 @pytest.fixture(scope="session")
 def comfy_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("comfy")
-    dirs = {name: root / name for name in ("input", "output", "checkpoints")}
+    dirs = {name: root / name for name in ("input", "output", "checkpoints", "diffusion_models", "text_encoders",
+                                           "vae")}
     for d in dirs.values():
         d.mkdir()
     return dirs
@@ -29,9 +30,13 @@ def comfy_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def comfy_nodes(comfy_dirs):
     """ComfyUI's node registry with this pack loaded."""
-    return headless.start_comfyui(_comfy_path(), input_dir=str(comfy_dirs["input"]),
-                                  output_dir=str(comfy_dirs["output"]),
-                                  checkpoint_dirs=[str(comfy_dirs["checkpoints"])])
+    nodes = headless.start_comfyui(_comfy_path(), input_dir=str(comfy_dirs["input"]),
+                                   output_dir=str(comfy_dirs["output"]),
+                                   checkpoint_dirs=[str(comfy_dirs["checkpoints"])])
+    import folder_paths
+    for name in MODEL_FOLDERS:
+        folder_paths.add_model_folder_path(name, str(comfy_dirs[name]))
+    return nodes
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +97,33 @@ def sdxl_checkpoint(comfy_nodes, comfy_dirs):
 
 
 @pytest.fixture(scope="session")
-def workflow_checkpoints(sd15_checkpoint, sdxl_checkpoint):
-    """Every checkpoint the shipped workflows load, each of its family."""
-    return sd15_checkpoint | sdxl_checkpoint
+def flux_files(comfy_nodes, comfy_dirs):
+    """The files the shipped Flux workflow loads: a tiny random Flux-dev (UNETLoader), a full-size
+    random Flux autoencoder (VAELoader) and placeholder text encoders (DualCLIPLoader), which the
+    tests' stand-ins stand for (tests/stand_ins.py, installed here)."""
+    import make_test_checkpoint
+    import stand_ins
+    stand_ins.install()
+    names = {}
+    for path in WORKFLOWS:
+        for node in json.load(open(path))["nodes"]:
+            if node["type"] == "UNETLoader":
+                names[node["widgets_values"][0]] = "diffusion_models"
+            elif node["type"] == "DualCLIPLoader":
+                names.update(dict.fromkeys(node["widgets_values"][:2], "text_encoders"))
+            elif node["type"] == "VAELoader":
+                names[node["widgets_values"][0]] = "vae"
+    for name, folder in names.items():
+        path = str(comfy_dirs[folder] / name)
+        {"diffusion_models": stand_ins.write_flux_model, "text_encoders": stand_ins.write_text_encoder,
+         "vae": make_test_checkpoint.build_flux_vae}[folder](path)
+    return set(names)
+
+
+@pytest.fixture(scope="session")
+def workflow_checkpoints(sd15_checkpoint, sdxl_checkpoint, flux_files):
+    """Every model file the shipped workflows load, each of its family."""
+    return sd15_checkpoint | sdxl_checkpoint | flux_files
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import copy
 
 from shipped_files import EXAMPLE_IMAGES, REPO, WORKFLOWS  # noqa: F401
 
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae")  # Flux's model folders, beside the checkpoints
 IMAGE_SIZE = (128, 96)  # example inputs for engine runs: small and non-square, to keep CPU runs short
 
 # What a workflow saved before fast mode was retired holds after its other widget values: on the

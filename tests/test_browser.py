@@ -14,20 +14,24 @@ import headless
 import workflow_screenshots
 from browser_support import (GRAPH_STATE, NODE_SHOWS_IMAGE, NODE_WIDGETS, PACK_NAME, QUEUE, QUEUE_FROM_EDITOR,
                              browser_problem, comfyui_server, drop_workflow, launch_chromium, open_editor)
-from shipped import IMAGE_SIZE, REPO, WORKFLOWS, with_retired_inputs
+from shipped import IMAGE_SIZE, MODEL_FOLDERS, REPO, WORKFLOWS, with_retired_inputs
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = os.path.join(REPO, "artifacts", "browser")
+TESTS = os.path.join(REPO, "tests")
 
 
 @pytest.fixture(scope="module")
 def server(comfy_dirs, workflow_checkpoints, example_inputs, tmp_path_factory):
-    """ComfyUI (COMFYUI_PATH) serving its frontend on a free loopback port, with this pack,
-    the test checkpoint and the example images (the same folders as the in-process tests);
-    stopped after this module's tests."""
+    """ComfyUI (COMFYUI_PATH) serving its frontend on a free loopback port, with this pack, the
+    test models and the example images (the same folders as the in-process tests) and the tests'
+    stand-ins (tests/server_nodes: what a CPU run cannot load); stopped after this module's tests."""
     with comfyui_server(os.environ["COMFYUI_PATH"], tmp_path_factory.mktemp("server"),
-                        input_dir=comfy_dirs["input"], checkpoints_dir=comfy_dirs["checkpoints"],
+                        input_dir=comfy_dirs["input"],
+                        model_dirs={name: comfy_dirs[name] for name in ("checkpoints", *MODEL_FOLDERS)},
+                        custom_nodes={"cross-image-attention-test-stand-ins": os.path.join(TESTS, "server_nodes")},
+                        pythonpath=[TESTS, os.path.join(REPO, "scripts")],
                         log_path=os.path.join(ARTIFACTS, "comfyui-server.log")) as server:
         yield server
 

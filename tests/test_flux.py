@@ -172,7 +172,8 @@ def test_appearances_of_another_size_regions_and_positions(node, flux):
     structure, appearance = invert_pair(node, model, cond, "dev", height=12, width=6)
     outs = {}
     for positions in ("same", "shifted", "attenuated"):
-        (patched,) = node("CrossImageAttention").execute(model, appearance, "all", 0.2, 1.0, positions=positions)
+        settings = node("CrossImageAppearancePositions").execute(positions)[0]
+        (patched,) = node("CrossImageAttention").execute(model, appearance, "all", 0.2, 1.0, positions=settings)
         outs[positions] = node("CrossImageSampler").execute(patched, cond, structure, "euler_ancestral", 1.0)[0]
     assert outs["same"]["samples"].shape == (1, 16, 8, 12)
     assert all((outs[a]["samples"] - outs["same"]["samples"]).abs().max() > 1e-4 for a in ("shifted", "attenuated"))
@@ -198,8 +199,11 @@ def test_flux_inputs_that_cannot_be_honoured_are_refused(node, flux, tiny_model,
                                                          "normal", 1.0)[0]
     with pytest.raises(ValueError, match="appearance: this inversion was made with a different model"):
         node("CrossImageAttention").execute(model, unet_inversion, "all", 0.0, 1.0)
-    with pytest.raises(ValueError, match="positions: 'shifted' moves the appearance keys' rotary positions"):
-        node("CrossImageAttention").execute(tiny_model, unet_inversion, "0", 0.0, 1.0, positions="shifted")
+    shifted = node("CrossImageAppearancePositions").execute("shifted")[0]
+    with pytest.raises(ValueError, match="positions: Appearance Positions moves the appearance keys' rotary"):
+        node("CrossImageAttention").execute(tiny_model, unet_inversion, "0", 0.0, 1.0, positions=shifted)
+    with pytest.raises(ValueError, match="positions: expected settings from the Appearance Positions node"):
+        node("CrossImageAttention").execute(model, appearance, "all", 0.0, 1.0, positions="shifted")
     lower = [[flux_cond[0][0], {**flux_cond[0][1], "guidance": 1.0}]]
     other = node("CrossImageInvertDDPM").execute(model, latent(9), lower, 10, "simple", 1.0, 2, 0)[0]
     assert other.guidance == 1.0 and structure.guidance == 3.5

@@ -20,6 +20,7 @@ ADVANCED_INPUTS = {
     "CrossImageInvertPairDDPM": {"scheduler", "skip", "seed"},
     "CrossImageAttention": {"start", "end", "structure_every", "structure_until"},
     "CrossImageAppearanceGuidance": {"end_scale", "start"},
+    "CrossImageAppearancePositions": {"high_start", "high_end"},
     "CrossImageLatentAdaIN": {"end"},
     "CrossImageSelfSegmentation": {"step", "clusters", "ratio"},
 }
@@ -43,7 +44,7 @@ def inputs_of(cls):
 
 def test_nodes_are_v3_and_registered_through_the_extension(ours, pack):
     from comfy_api.latest import io
-    assert len(ours) == len(pack.nodes.NODES) == 14
+    assert len(ours) == len(pack.nodes.NODES) == 15
     assert all(issubclass(cls, io.ComfyNode) for cls in ours.values())
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would take the V1 path instead
 
@@ -66,7 +67,8 @@ def test_nodes_have_display_names_category_and_descriptions(comfy_nodes, ours):
 def test_every_input_and_output_is_documented_and_typed(ours, pack):
     sockets = pack.nodes.sockets
     known = CORE_TYPES | {t.io_type for t in (sockets.InversionSocket, sockets.ContrastSocket, sockets.GuidanceSocket,
-                                              sockets.LatentAdaINSocket, sockets.RegionsSocket)}
+                                              sockets.LatentAdaINSocket, sockets.RegionsSocket,
+                                              sockets.PositionsSocket)}
     for name, cls in ours.items():
         for section, specs in inputs_of(cls).items():
             for input_name, spec in specs.items():

@@ -76,9 +76,10 @@ def node_output(node, world, s: FluxSettings, levels: str) -> torch.Tensor:
         structure, appearance = node("CrossImageInvertPairDDPM").execute(model, *latents, inverting, steps, "simple",
                                                                          1.0, s.skip, PAIR_SEED)
     contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
+    positions = node("CrossImageAppearancePositions").execute(s.positions)[0]
     (patched,) = node("CrossImageAttention").execute(
         model, appearance, levels, s.swap_from / n, 1.0, contrast, s.structure_every, min(s.structure_until / n, 1.0),
-        positions=s.positions)
+        positions=positions)
     guidance = None
     if s.guidance is not None:
         guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]

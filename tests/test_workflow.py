@@ -44,16 +44,16 @@ def test_shipped_workflow_runs_in_comfyui(comfy_nodes, comfy_dirs, workflow_chec
     saved = comfy_dirs["output"] / images[0]["subfolder"] / images[0]["filename"]
     assert Image.open(saved).size == IMAGE_SIZE
 
-    # The MODEL the checkpoint loader produced is still unpatched after the graph ran.
-    loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
-    model = engine.cached_outputs(loader)[0][0]
+    # The MODEL the loader produced is still unpatched after the graph ran.
+    model = loader_model(engine, prompt)
     options = model.model_options["transformer_options"]
-    assert "patches_replace" not in options and "cross_image_attention" not in options
+    assert not {"patches_replace", "cross_image_settings", "optimized_attention_override"} & set(options)
     assert model.patches == {}
 
 
 def loader_model(engine, prompt):
-    loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    """The MODEL the workflow's model loader gave."""
+    loader = next(k for k, v in prompt.items() if v["class_type"] in ("CheckpointLoaderSimple", "UNETLoader"))
     return engine.cached_outputs(loader)[0][0]
 
 

@@ -66,22 +66,24 @@ def _free_port():
 
 
 @contextlib.contextmanager
-def comfyui_server(comfy_path, root, input_dir, checkpoints_dir, log_path, timeout=90):
-    """Start `python main.py --cpu` from `comfy_path` with this pack and the given folders
-    (`root`, which must not exist yet or be empty, gets the rest); yield a Server once GET
-    /object_info answers; stop the server on exit."""
+def comfyui_server(comfy_path, root, input_dir, model_dirs, log_path, timeout=90, custom_nodes=None, pythonpath=()):
+    """Start `python main.py --cpu` from `comfy_path` with this pack, the given folders
+    (model_dirs: {ComfyUI's folder name, e.g. "checkpoints": path}; `root`, which must not exist
+    yet or be empty, gets the rest), further custom node packages ({name: folder}) and PYTHONPATH
+    entries; yield a Server once GET /object_info answers; stop the server on exit."""
     root = str(root)
     dirs = {name: os.path.join(root, name) for name in ("custom_nodes", "output", "temp", "user")}
     for d in dirs.values():
         os.makedirs(d)
-    os.symlink(REPO, os.path.join(dirs["custom_nodes"], PACK_NAME), target_is_directory=True)
+    for name, folder in {PACK_NAME: REPO, **(custom_nodes or {})}.items():
+        os.symlink(folder, os.path.join(dirs["custom_nodes"], name), target_is_directory=True)
     os.makedirs(os.path.join(dirs["user"], "default"))
     with open(os.path.join(dirs["user"], "default", "comfy.settings.json"), "w") as f:
         json.dump(SETTINGS, f)
     config = os.path.join(root, "extra_model_paths.yaml")
     with open(config, "w") as f:  # JSON is YAML
         json.dump({"cross_image_attention_tests": {"custom_nodes": dirs["custom_nodes"],
-                                                   "checkpoints": str(checkpoints_dir)}}, f)
+                                                   **{name: str(path) for name, path in model_dirs.items()}}}, f)
     port = _free_port()
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--extra-model-paths-config", config, "--input-directory", str(input_dir),
@@ -90,8 +92,9 @@ def comfyui_server(comfy_path, root, input_dir, checkpoints_dir, log_path, timeo
                "--disable-auto-launch", "--disable-api-nodes"]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "w") as log:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), os.environ.get("PYTHONPATH", "")])}
         process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
         server = Server(f"http://127.0.0.1:{port}", dirs["output"], log_path)
         try:
             deadline = time.monotonic() + timeout

@@ -71,20 +71,28 @@ IN_VIEW = """() => {
 SCREENSHOT_STYLE = "button:has(.pi-bars) { visibility: hidden !important; }"
 
 
+# The model loaders of the shipped workflows: the folder each reads, and how many file names it takes
+LOADERS = {"CheckpointLoaderSimple": ("checkpoints", 1), "UNETLoader": ("diffusion_models", 1),
+           "DualCLIPLoader": ("text_encoders", 2), "VAELoader": ("vae", 1)}
+
+
 def prepare_folders(root, workflows=WORKFLOWS):
     """Create `root`/input with the example images (the shipped workflows' Load Image nodes
-    show them) and `root`/checkpoints with an empty placeholder for each checkpoint the
-    workflows name; return both paths."""
-    input_dir, checkpoints_dir = os.path.join(root, "input"), os.path.join(root, "checkpoints")
-    os.makedirs(input_dir)
-    os.makedirs(checkpoints_dir)
+    show them) and a folder per model kind with an empty placeholder for each model file the
+    workflows name; return (the input folder, {model folder name: path})."""
+    input_dir = os.path.join(root, "input")
+    model_dirs = {folder: os.path.join(root, folder) for folder, _ in LOADERS.values()}
+    for folder in (input_dir, *model_dirs.values()):
+        os.makedirs(folder)
     for path in EXAMPLE_IMAGES:
         shutil.copy(path, input_dir)
     for path in workflows:
         for node in json.load(open(path))["nodes"]:
-            if node["type"] == "CheckpointLoaderSimple":
-                open(os.path.join(checkpoints_dir, node["widgets_values"][0]), "ab").close()
-    return input_dir, checkpoints_dir
+            if node["type"] in LOADERS:
+                folder, count = LOADERS[node["type"]]
+                for name in node["widgets_values"][:count]:
+                    open(os.path.join(model_dirs[folder], name), "ab").close()
+    return input_dir, model_dirs
 
 
 def _save_small(path):
@@ -145,8 +153,8 @@ def main(argv=None):
         parser.error(problem)
     from playwright.sync_api import sync_playwright
     with tempfile.TemporaryDirectory(prefix="workflow-screenshots-") as root:
-        input_dir, checkpoints_dir = prepare_folders(root, args.workflows)
-        with comfyui_server(args.comfyui, os.path.join(root, "server"), input_dir, checkpoints_dir,
+        input_dir, model_dirs = prepare_folders(root, args.workflows)
+        with comfyui_server(args.comfyui, os.path.join(root, "server"), input_dir, model_dirs,
                             log_path=os.path.join(root, "comfyui-server.log")) as server, \
                 sync_playwright() as playwright:
             browser = launch_chromium(playwright)

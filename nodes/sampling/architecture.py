@@ -59,9 +59,10 @@ class Architecture:
         (a clone) through ComfyUI's hooks."""
         raise NotImplementedError
 
-    def require_positions(self, positions: str) -> str:
-        """The appearance keys' positions (core/positions.py) this architecture takes for the
-        user's choice ("auto": its default), or a ValueError naming the input."""
+    def require_positions(self, positions):
+        """The appearance keys' positions (core.settings.PositionSettings, or None where the
+        architecture has no rotary positions) for the user's (None: not given), or a ValueError
+        naming the input."""
         raise NotImplementedError
 
     def require_free(self, model, keys) -> None:

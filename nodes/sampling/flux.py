@@ -14,6 +14,7 @@ appearance keys' positions are then changed exactly (core/positions.py: rotation
 import math
 
 from ...core.positions import band_scales, rope_of, rotate, scale_bands
+from ...core.settings import PositionSettings
 from .architecture import Architecture, Site
 from .patch import PLAN_KEY, attend
 
@@ -85,8 +86,8 @@ class Flux(Architecture):
                              "backend or Sage-attention node sets the same override), so no block would look at the "
                              "appearance. Put that node before Cross-Image Attention, which runs it in every block")
 
-    def require_positions(self, positions: str) -> str:
-        return "attenuated" if positions == "auto" else positions
+    def require_positions(self, positions):
+        return PositionSettings() if positions is None else positions
 
     def install_recorder(self, patcher, recorder) -> tuple:
         raise ValueError("model: Self-Segmentation reads a UNet's attention; on Flux-family models it is not available "
@@ -115,7 +116,7 @@ class JointAttention:
     have) and the appearance keys' positions as chosen; every other attention as the model (or
     the override set before this one) computes it."""
 
-    def __init__(self, architecture: Flux, sites: frozenset, positions: str, previous=None):
+    def __init__(self, architecture: Flux, sites: frozenset, positions: PositionSettings, previous=None):
         self.architecture, self.sites, self.positions, self.previous = architecture, sites, positions, previous
 
     def __deepcopy__(self, memo):
@@ -146,11 +147,12 @@ class JointAttention:
 
     def transform(self, plan):
         """What the appearance's image keys undergo before the outputs attend to them."""
-        if self.positions == "same":
+        if self.positions.kind == "same":
             return None
-        if self.positions == "shifted":  # beside the output: its columns' count further right
+        if self.positions.kind == "shifted":  # beside the output: its columns' count further right
             offset = [0.0] * len(self.architecture.diffusion_model.params.axes_dim)
             offset[2] = float(self.architecture.token_grid(None, plan.latent_shape)[1])
             return lambda keys: rotate(keys, self.architecture.rope, offset)
-        scales = band_scales(self.architecture.rope, plan.progress, axes=(1, 2))  # rows and columns
+        scales = band_scales(self.architecture.rope, plan.progress, axes=(1, 2),  # rows and columns
+                             high_start=self.positions.high_start, high_end=self.positions.high_end)
         return lambda keys: scale_bands(keys, scales)

@@ -55,12 +55,12 @@ class UNet(Architecture):
         for block_id, index in transfer.sites:
             patcher.set_model_attn1_replace(SELF_ATTENTION, "output", block_id, index)
 
-    def require_positions(self, positions: str) -> str:
+    def require_positions(self, positions):
         """A UNet's self-attention has no position embedding: the keys' positions are not a choice."""
-        if positions not in ("auto", "same"):
-            raise ValueError(f"positions: {positions!r} moves the appearance keys' rotary positions, which Stable "
-                             "Diffusion UNets do not have; leave it at auto")
-        return "same"
+        if positions is not None:
+            raise ValueError("positions: Appearance Positions moves the appearance keys' rotary positions, which "
+                             "Stable Diffusion UNets do not have; disconnect it")
+        return None
 
     def require_free(self, model, keys) -> None:
         replaced = attn1_replacements(model)
