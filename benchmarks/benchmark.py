@@ -21,6 +21,7 @@ Prints, ours vs reference and as ratios:
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
   bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16 --structures 1,4,8  # GPU: full SD1.5 UNet
   bash benchmarks/run.sh --model sdxl --size 1024 --dtype fp16 # GPU: SDXL-family UNet (KOALA-1B layout)
+  bash benchmarks/run.sh --model flux                          # Flux: benchmark_flux.py
 """
 import argparse
 import dataclasses
@@ -56,6 +57,26 @@ ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder atte
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed_on(device, run):
+    """(seconds, peak memory above what was in use before, in bytes: CUDA allocations, or on the
+    CPU the process's resident size, None without MALLOC_MMAP_THRESHOLD_; result) of run()."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = reset_resident_peak()
+    start = time.perf_counter()
+    result = run()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        return seconds, torch.cuda.max_memory_allocated() - before, result
+    if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return seconds, None, result  # glibc's heap would hide what is freed and reused
+    return seconds, (resident_kib("VmHWM") - before) * 1024, result
 
 
 def measure(args):
@@ -106,23 +127,7 @@ def measure(args):
           f"{args.dtype}, runs: {args.runs}")
 
     def timed(run):
-        """(seconds, peak memory above what was in use before, in bytes: CUDA allocations, or on
-        the CPU the process's resident size; result)."""
-        synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        else:
-            before = reset_resident_peak()
-        start = time.perf_counter()
-        result = run()
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        if device.type == "cuda":
-            return seconds, torch.cuda.max_memory_allocated() - before, result
-        if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-            return seconds, None, result  # glibc's heap would hide what is freed and reused
-        return seconds, (resident_kib("VmHWM") - before) * 1024, result
+        return timed_on(device, run)
 
     def ours(s, appearance="appearance", structures=1, pair=True, patcher=model, regional=None):
         """One transfer through the nodes: the images inverted by Invert Pair (`pair`) or by two
@@ -337,11 +342,14 @@ def resident_kib(field: str) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl"), default="tiny",
-                        help="sdxl: an SDXL-family UNet (KOALA-1B layout), with pooled text and size conditioning")
+    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl", "flux"), default="tiny",
+                        help="sdxl: an SDXL-family UNet (KOALA-1B layout), with pooled text and size conditioning; "
+                             "flux: Flux-dev's layout (benchmark_flux.py)")
+    parser.add_argument("--heads", type=int, default=1, help="flux: heads of 128 channels (Flux-dev: 24)")
+    parser.add_argument("--text-tokens", type=int, default=64, help="flux: text tokens (Flux-dev's T5: 256 or 512)")
     parser.add_argument("--size", type=int, default=256, help="image height in pixels (latent = size / 8)")
     parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
-    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     parser.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up run), at least 1")
     parser.add_argument("--steps", type=int, default=0, help="schedule length instead of the paper's 100 (quick "
                                                              "checks)")
@@ -359,6 +367,9 @@ def main():
     if args.attention_step:
         with torch.no_grad():
             print(attention_step(args.attention_step, args.dtype))
+    elif args.model == "flux":
+        from benchmark_flux import measure_flux
+        measure_flux(args)
     else:
         measure(args)
 

@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/setup_env.sh"
 # the reference, the tiny models and the node graph (tests/), the headless runner (scripts/)
-export PYTHONPATH="$repo/tests:$repo/scripts${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$repo/tests:$repo/scripts:$repo/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" "$repo/benchmarks/benchmark.py" "$@"

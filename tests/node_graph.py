@@ -89,3 +89,39 @@ def counting(model):
         return apply_model(args["input"], args["timestep"], **args["c"])
     counted.set_model_unet_function_wrapper(wrapper)
     return counted
+
+
+def with_guidance(cond, guidance):
+    """A Flux CONDITIONING with its embedded guidance set (what FluxGuidance does)."""
+    return [[cond[0][0], {**cond[0][1], "guidance": guidance}]]
+
+
+def flux_transfer(node, model, cond, s, structure, appearance, levels: str, seed: int, counted=None):
+    """The transfer on Flux through the nodes, as a workflow wires them, the settings given as
+    tests/reference_flux.FluxSettings; `structure` and `appearance` are clean model-space latents;
+    returns the model-space output. counted: the MODEL the Invert Pair node runs (a counting clone)."""
+    scale, n, steps = model.model.latent_format, len(s.sigmas) - 1 - s.skip, len(s.sigmas) - 1
+    latents = [{"samples": scale.process_out(latent)} for latent in (structure, appearance)]
+    inverting, inverter = with_guidance(cond, s.inversion_guidance), counted or model
+    if s.inversion == "euler":
+        structure, appearance = node("CrossImageInvertPairDDIM").execute(inverter, *latents, inverting, steps,
+                                                                         "simple", 1.0)
+    else:
+        structure, appearance = node("CrossImageInvertPairDDPM").execute(inverter, *latents, inverting, steps,
+                                                                         "simple", 1.0, s.skip, seed)
+    contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
+    positions = node("CrossImageAppearancePositions").execute(s.positions)[0]
+    (patched,) = node("CrossImageAttention").execute(
+        counted or model, appearance, levels, s.swap_from / n, 1.0, contrast, s.structure_every,
+        min(s.structure_until / n, 1.0), positions=positions)
+    guidance = None
+    if s.guidance is not None:
+        guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
+    adain = None
+    if s.adain_from is not None:
+        adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, 1.0)[0]
+    sampler = "euler" if s.inversion == "euler" else "euler_ancestral"
+    (out,) = node("CrossImageSampler").execute(patched, with_guidance(cond, s.embedded_guidance), structure, sampler,
+                                               1.0, None, guidance, adain)
+    return scale.process_in(out["samples"])
+

@@ -166,7 +166,7 @@ class FluxReference:
         if s.positions == "shifted":
             from diffusers.models.embeddings import apply_rotary_emb
             rows, cols = self.grid
-            ids = self.image_ids(rows, cols)
+            ids = self.image_ids(rows, cols).to(raw.device)
             ids[:, 2] += cols
             return apply_rotary_emb(raw[None], self.twin.pos_embed(ids), sequence_dim=1)[0]
         axes = self.twin.config.axes_dims_rope
@@ -194,11 +194,14 @@ class FluxReference:
         rows, cols = h // 2, w // 2
         self.grid = rows, cols
         packed = x.reshape(b, c, rows, 2, cols, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c * 4)
+        device = x.device
         with torch.no_grad():
             out = self.twin(hidden_states=packed, encoder_hidden_states=self.context.expand(b, -1, -1),
-                            pooled_projections=self.pooled.expand(b, -1), timestep=torch.full((b,), sigma),
-                            img_ids=self.image_ids(rows, cols), txt_ids=torch.zeros(self.text_tokens, 3),
-                            guidance=guidance, return_dict=False)[0]
+                            pooled_projections=self.pooled.expand(b, -1),
+                            timestep=torch.full((b,), sigma, device=device),
+                            img_ids=self.image_ids(rows, cols).to(device),
+                            txt_ids=torch.zeros(self.text_tokens, 3, device=device), guidance=guidance.to(device),
+                            return_dict=False)[0]
         return out.reshape(b, rows, cols, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
     def guidance_of_rows(self, rows: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+import node_graph
 import tiny_models
 from reference_flux import FluxReference, FluxSettings, flux_twin
 
@@ -51,10 +52,6 @@ def draws(seed: int, s: FluxSettings) -> torch.Tensor:
     return torch.randn((n, 1, 16, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(seed))
 
 
-def with_guidance(cond, guidance):
-    return [[cond[0][0], {**cond[0][1], "guidance": guidance}]]
-
-
 def reference_output(world, s: FluxSettings, seed=PAIR_SEED) -> torch.Tensor:
     context, extra = world["cond"][0]
     reference = FluxReference(world["twin"], s, context, extra["pooled_output"])
@@ -63,33 +60,8 @@ def reference_output(world, s: FluxSettings, seed=PAIR_SEED) -> torch.Tensor:
 
 
 def node_output(node, world, s: FluxSettings, levels: str) -> torch.Tensor:
-    """The transfer through the nodes, as a workflow wires them; model-space result."""
-    model, n = world["model"], len(s.sigmas) - 1 - s.skip
-    scale = model.model.latent_format
-    latents = [{"samples": scale.process_out(world[name])} for name in ("structure", "appearance")]
-    inverting = with_guidance(world["cond"], s.inversion_guidance)
-    steps = len(s.sigmas) - 1
-    if s.inversion == "euler":
-        structure, appearance = node("CrossImageInvertPairDDIM").execute(model, *latents, inverting, steps, "simple",
-                                                                         1.0)
-    else:
-        structure, appearance = node("CrossImageInvertPairDDPM").execute(model, *latents, inverting, steps, "simple",
-                                                                         1.0, s.skip, PAIR_SEED)
-    contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
-    positions = node("CrossImageAppearancePositions").execute(s.positions)[0]
-    (patched,) = node("CrossImageAttention").execute(
-        model, appearance, levels, s.swap_from / n, 1.0, contrast, s.structure_every, min(s.structure_until / n, 1.0),
-        positions=positions)
-    guidance = None
-    if s.guidance is not None:
-        guidance = node("CrossImageAppearanceGuidance").execute(s.guidance[0], s.guidance[1], s.guidance[2] / n)[0]
-    adain = None
-    if s.adain_from is not None:
-        adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, 1.0)[0]
-    sampler = "euler" if s.inversion == "euler" else "euler_ancestral"
-    (out,) = node("CrossImageSampler").execute(patched, with_guidance(world["cond"], s.embedded_guidance), structure,
-                                               sampler, 1.0, None, guidance, adain)
-    return scale.process_in(out["samples"])
+    return node_graph.flux_transfer(node, world["model"], world["cond"], s, world["structure"], world["appearance"],
+                                    levels, PAIR_SEED)
 
 
 def cases(world) -> dict:
