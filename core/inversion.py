@@ -16,7 +16,7 @@ class Inversion:
                 trajectory[-1] is the inverted (clean) latent, trajectory[0] the noisiest.
     model_key:  identifies the model that made it (its kind and weights); sampling checks it.
     method:     "ddim" (deterministic: the Euler step run backwards, on any model), "ddpm"
-                (edit-friendly DDPM, core/ddpm.py) or "flow" (its analogue on a flow, core/flow.py).
+                (edit-friendly DDPM, core/edit_friendly.py) or "flow" (its analogue on a flow, core/edit_friendly.py).
     noise:      (n, B, C, H, W) for "ddpm" and "flow": noise[i] is the noise map of the step
                 from sigmas[i] to sigmas[i + 1]; None for "ddim".
     guidance:   the guidance value the prompt carried into the model (Flux-dev's embedded

@@ -3,8 +3,7 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..core.ddpm import edit_friendly_invert
-from ..core.flow import edit_friendly_flow_invert
+from ..core.edit_friendly import edit_friendly_invert
 from ..core.inversion import Inversion
 from .inputs import numbers
 from .invert_ddim import inversion_inputs, inversion_outputs
@@ -57,17 +56,17 @@ class CrossImageInvertDDPM(io.ComfyNode):
         sigmas = schedule[skip:]
         steps = sigmas.shape[0] - 1
 
-        # on a flow (Flux, ...) the analogue for ComfyUI's euler_ancestral step (core/flow.py)
+        # on a flow (Flux, ...) the analogue for ComfyUI's euler_ancestral step (core/edit_friendly.py)
         flow = isinstance(sampling, comfy.model_sampling.CONST)
         if flow and getattr(sampling, "noise_scale", 1.0) != 1.0:
             raise ValueError(f"model: its sampling scales the noise by {sampling.noise_scale}, which the samplers "
                              "apply on some ComfyUI releases and not on others; invert and sample without it")
-        method, inversion = ("flow", edit_friendly_flow_invert) if flow else ("ddpm", edit_friendly_invert)
+        method = "flow" if flow else "ddpm"
 
         def invert(denoise, parts, report):
             fresh = torch.cat([torch.randn((steps,) + tuple(part.shape), generator=torch.Generator().manual_seed(seed))
                                for part in parts], dim=1)
-            return inversion(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report)
+            return edit_friendly_invert(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report, method)
         key = model_key(model)
         return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method=method, noise=noise,
                            guidance=guidance), noisy)

@@ -19,9 +19,8 @@ def core(pack):
 
 
 def test_core_imports_without_comfyui():
-    code = ("import sys; sys.path.insert(0, %r); import core.ddim, core.adain, core.schedule, core.plan, "
-            "core.rows, core.kv_swap, core.inversion, core.contrast, core.ddpm, core.guidance, core.segmentation, "
-            "core.regions, core.settings, core.levels, core.packing; "
+    code = ("import sys, importlib, pkgutil; sys.path.insert(0, %r); import core; "
+            "[importlib.import_module('core.' + m.name) for m in pkgutil.iter_modules(core.__path__)]; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; "
             "assert not bad, bad" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -234,9 +233,9 @@ def test_ddpm_posterior_by_hand(core):
     std 0 (last step). sigma 3 -> abar 0.1, sigma_next 1 -> abar 0.5: alpha 0.2,
     var = 0.8 * 0.5 / 0.9."""
     x, eps = torch.tensor([1.0]), torch.tensor([0.5])
-    mean, std = core.ddpm.ddpm_posterior(x, eps, 1.0, 0.0)
+    mean, std = core.edit_friendly.ddpm_posterior(x, eps, 1.0, 0.0)
     assert torch.allclose(mean, (x - 0.5 * eps / 0.5 ** 0.5) / 0.5 ** 0.5) and std == 0.0
-    mean, std = core.ddpm.ddpm_posterior(x, eps, 3.0, 1.0)
+    mean, std = core.edit_friendly.ddpm_posterior(x, eps, 3.0, 1.0)
     assert torch.allclose(mean, (x - 0.8 * eps / 0.9 ** 0.5) / 0.2 ** 0.5)
     assert abs(std - (0.8 * 0.5 / 0.9) ** 0.5) < 1e-12
 
@@ -248,13 +247,13 @@ def test_edit_friendly_inversion_lands_on_its_draws(core):
     sigmas = torch.tensor([5.0, 2.0, 0.5, 0.0])
     clean = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     draws = torch.randn((3, 2, 3), generator=torch.Generator().manual_seed(1))
-    trajectory, noise = core.ddpm.edit_friendly_invert(denoise, clean, sigmas, draws)
+    trajectory, noise = core.edit_friendly.edit_friendly_invert(denoise, clean, sigmas, draws)
     for i in range(3):
         assert torch.allclose(trajectory[i], clean + sigmas[i] * draws[i], atol=1e-5)
     x = trajectory[0]
     for i in range(3):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        mean, std = core.ddpm.ddpm_posterior(x / (1 + s * s) ** 0.5, (x - denoise(x, s)) / s, s, s_next)
+        mean, std = core.edit_friendly.ddpm_posterior(x / (1 + s * s) ** 0.5, (x - denoise(x, s)) / s, s, s_next)
         x = (mean + std * noise[i]) * ((1 + s_next * s_next) ** 0.5 if s_next > 0 else 1.0)
         assert torch.allclose(x, trajectory[i + 1], atol=1e-5)
     assert not noise[-1].any()
