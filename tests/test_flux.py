@@ -1,4 +1,4 @@
-"""The nodes on tiny random Flux-family models (Flux.1 dev and schnell, Flux.2; tests/tiny_models.py):
+"""The nodes on tiny random Flux-family models (Flux.1 dev and schnell, Flux.2, Chroma; tests/tiny_models.py):
 flow inversions that retrace exactly, the blocks users choose, the attention override and what
 composes with it, the rows that are not outputs, the errors. The parity with an independent
 reference is in test_parity_flux.py."""
@@ -9,7 +9,7 @@ import torch
 
 import tiny_models
 
-KINDS = ("dev", "schnell", "flux2")
+KINDS = ("dev", "schnell", "flux2", "chroma")
 
 
 @pytest.fixture(scope="module")

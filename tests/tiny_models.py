@@ -109,7 +109,9 @@ def tiny_flux_config(kind: str = "dev", blocks=(2, 2), heads: int = 2) -> dict:
     """A Flux-family configuration with `heads` heads of 128 channels (as every Flux) and
     `blocks` (double, single) blocks: kind "dev" (guidance embedding) or "schnell" (none),
     Flux.1's 16-channel latents in 2x2 patches and 3 RoPE axes; or "flux2": Flux.2's 128-channel
-    latents, patch 1, 4 RoPE axes, shared modulation."""
+    latents, patch 1, 4 RoPE axes, shared modulation; or "chroma": Flux.1-schnell's blocks modulated
+    by a distilled guidance network instead of the pooled text and timestep (channels counted after
+    the 2x2 patching, as ComfyUI detects Chroma)."""
     common = dict(context_in_dim=FLUX_CONTEXT, hidden_size=128 * heads, num_heads=heads, depth=blocks[0],
                   depth_single_blocks=blocks[1])
     if kind == "flux2":
@@ -117,6 +119,10 @@ def tiny_flux_config(kind: str = "dev", blocks=(2, 2), heads: int = 2) -> dict:
                     vec_in_dim=None, mlp_ratio=3.0, axes_dim=[32, 32, 32, 32], theta=2000, qkv_bias=False,
                     guidance_embed=True, global_modulation=True, mlp_silu_act=True, ops_bias=False,
                     default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
+    if kind == "chroma":
+        return dict(common, image_model="chroma", in_channels=64, out_channels=64, patch_size=2, mlp_ratio=4.0,
+                    axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, in_dim=64, out_dim=128 * heads, hidden_dim=64,
+                    n_layers=2, txt_ids_dims=[], vec_in_dim=None)
     return dict(common, image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=FLUX_POOLED,
                 mlp_ratio=4.0, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=kind == "dev",
                 txt_ids_dims=[])
@@ -124,18 +130,20 @@ def tiny_flux_config(kind: str = "dev", blocks=(2, 2), heads: int = 2) -> dict:
 
 def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0, **config):
     """A ComfyUI MODEL of the Flux family (tiny_flux_config(kind, **config)) with random weights, on the
-    CPU, built as ComfyUI's loader builds one (supported_models.Flux / FluxSchnell / Flux2 and
-    model_base.Flux): ComfyUI 0.33.0 detects such a state dict itself, 0.3.75's loader fixes 24
+    CPU, built as ComfyUI's loader builds one (supported_models.Flux / FluxSchnell / Flux2 / Chroma
+    and model_base.Flux / Chroma): ComfyUI 0.33.0 detects such a state dict itself, 0.3.75's loader fixes 24
     heads, so it is built directly."""
     import dataclasses
 
+    import comfy.ldm.chroma.model
     import comfy.ldm.flux.model
     import comfy.model_patcher
     import comfy.supported_models
-    fields = {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+    params = comfy.ldm.chroma.model.ChromaParams if kind == "chroma" else comfy.ldm.flux.model.FluxParams
+    fields = {field.name for field in dataclasses.fields(params)} | {"image_model"}
     config = {key: value for key, value in tiny_flux_config(kind, **config).items() if key in fields}  # this release's
     family = {"dev": comfy.supported_models.Flux, "schnell": comfy.supported_models.FluxSchnell,
-              "flux2": comfy.supported_models.Flux2}[kind](config)
+              "flux2": comfy.supported_models.Flux2, "chroma": comfy.supported_models.Chroma}[kind](config)
     family.set_inference_dtype(torch.float32, None)
     base = family.get_model({}, device=torch.device("cpu"))
     randomize_(base.diffusion_model, seed)
@@ -149,8 +157,8 @@ def flux_conditioning(seed: int = 0, tokens: int = 8, guidance=3.5, kind: str = 
     """A Flux CONDITIONING for the tiny Flux models: a T5-like context, CLIP's pooled text (Flux.1)
     and the embedded guidance (Flux-dev, Flux.2; None: none)."""
     generator = torch.Generator().manual_seed(seed)
-    extra = {} if guidance is None else {"guidance": guidance}
-    # Flux.2 takes no pooled text (its text encoder gives None)
-    extra["pooled_output"] = None if kind == "flux2" else torch.randn(1, FLUX_POOLED, generator=generator)
+    extra = {} if guidance is None or kind == "chroma" else {"guidance": guidance}  # Chroma: CFG, no FluxGuidance
+    # Flux.2 and Chroma take no pooled text (their text encoders give None)
+    extra["pooled_output"] = None if kind in ("flux2", "chroma") else torch.randn(1, FLUX_POOLED, generator=generator)
     return [[torch.randn(1, tokens, FLUX_CONTEXT, generator=generator), extra]]
 
