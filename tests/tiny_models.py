@@ -162,3 +162,66 @@ def flux_conditioning(seed: int = 0, tokens: int = 8, guidance=3.5, kind: str = 
     extra["pooled_output"] = None if kind in ("flux2", "chroma") else torch.randn(1, FLUX_POOLED, generator=generator)
     return [[torch.randn(1, tokens, FLUX_CONTEXT, generator=generator), extra]]
 
+
+
+SD3_CONTEXT, SD3_POOLED = 32, 24  # the tiny SD3 models' text embedding and pooled text widths (SD3: 4096, 2048)
+
+
+def tiny_sd3_model(seed: int = 0, medium: bool = False, depth: int = 2, output_scale: float = 1.0):
+    """A ComfyUI MODEL of the SD3 family with random weights, on the CPU, loaded by ComfyUI's own
+    loader (comfy.sd.load_diffusion_model_state_dict detects SD3 from the state dict: `depth`
+    blocks of 64 * depth channels in `depth` heads, 16-channel latents in 2x2 patches, RMS
+    QK-norm as SD3.5); `medium`: SD3.5 medium's image-only second attention (MMDiT-X) in the
+    first block."""
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    import comfy.ops
+    import comfy.sd
+    hidden = 64 * depth
+    network = mmdit.OpenAISignatureMMDITWrapper(
+        input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth, adm_in_channels=SD3_POOLED,
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": SD3_CONTEXT, "out_features": hidden}},
+        num_patches=32 * 32, pos_embed_max_size=32, qk_norm="rms", x_block_self_attn_layers=[0] if medium else [],
+        operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32)
+    randomize_(network, seed)
+    with torch.no_grad():
+        network.final_layer.linear.weight.mul_(output_scale)
+    state = {f"model.diffusion_model.{key}": value for key, value in network.state_dict().items()}
+    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.float32})
+    model.model.eval().requires_grad_(False)
+    return model
+
+
+def sd3_conditioning(seed: int = 0, tokens: int = 8):
+    """An SD3 CONDITIONING for the tiny SD3 models: the joint CLIP and T5 context and the pooled
+    CLIP text."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, SD3_CONTEXT, generator=generator),
+             {"pooled_output": torch.randn(1, SD3_POOLED, generator=generator)}]]
+
+
+# The diffusion transformers of the DiT tests: {family: (model builder, conditioning builder, latent
+# shape (C, ...) of a (H, W) latent)}; the models are a few blocks of 128-channel heads.
+DIT_FAMILIES = {
+    "flux-dev": (lambda **kw: tiny_flux_model(kind="dev", **kw), lambda seed: flux_conditioning(seed, kind="dev"), 16),
+    "flux-schnell": (lambda **kw: tiny_flux_model(kind="schnell", **kw),
+                     lambda seed: flux_conditioning(seed, guidance=None, kind="schnell"), 16),
+    "flux2": (lambda **kw: tiny_flux_model(kind="flux2", **kw), lambda seed: flux_conditioning(seed, kind="flux2"),
+              128),
+    "chroma": (lambda **kw: tiny_flux_model(kind="chroma", **kw), lambda seed: flux_conditioning(seed, kind="chroma"),
+               16),
+    "sd3": (lambda **kw: tiny_sd3_model(**kw), sd3_conditioning, 16),
+    "sd35-medium": (lambda **kw: tiny_sd3_model(medium=True, **kw), sd3_conditioning, 16),
+}
+
+
+def tiny_dit(family: str, seed: int = 1, output_scale: float = 0.2):
+    """(MODEL, CONDITIONING) of a DIT_FAMILIES family."""
+    build, conditioning, _ = DIT_FAMILIES[family]
+    return build(seed=seed, output_scale=output_scale), conditioning(0)
+
+
+def dit_latent(family: str, seed: int, height: int = 8, width: int = 12) -> dict:
+    """A random LATENT for a DIT_FAMILIES family's model."""
+    channels = DIT_FAMILIES[family][2]
+    return {"samples": torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(seed))}

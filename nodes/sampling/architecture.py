@@ -82,13 +82,23 @@ class Architecture:
 def architecture_of(model) -> Architecture:
     """The adapter for a ComfyUI MODEL, or a ValueError naming the input."""
     from .flux import Flux
+    from .sd3 import SD3
     from .unet import UNet
     diffusion_model = model.get_model_object("diffusion_model")
-    for adapter in (UNet, Flux):
+    for adapter in (UNet, Flux, SD3):
         if adapter.fits(diffusion_model):
             return adapter(diffusion_model)
     raise ValueError(f"model: the Cross-Image nodes do not know the {type(diffusion_model).__name__} architecture "
-                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL; and on Flux, Flux.2 and Chroma)")
+                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL; and on Flux, Flux.2, Chroma, SD3 and "
+                     "SD3.5)")
+
+
+def is_ours(patch, kind: type) -> bool:
+    """`patch` is one of ours (a `kind`), or wraps one and says so (__wrapped__, as
+    functools.wraps sets): a node that composes with ours instead of replacing it."""
+    while patch is not None and not isinstance(patch, kind):
+        patch = getattr(patch, "__wrapped__", None)
+    return patch is not None
 
 
 def site_grids(architecture: Architecture, keys, latent_shape: tuple, appearance_shape: tuple) -> dict:

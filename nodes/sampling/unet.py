@@ -11,7 +11,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample, UNetModel
 
 from ...core.levels import paper_levels, token_grid
-from .architecture import Architecture, Site
+from .architecture import Architecture, Site, is_ours
 from .compiled import call_options
 from .patch import attend, heads_first
 
@@ -74,7 +74,7 @@ class UNet(Architecture):
 
     def require_intact(self, model, keys) -> None:
         replaced = attn1_replacements(model)
-        lost = [self.site_name(key) for key in keys if not is_ours(replaced.get(("output",) + key))]
+        lost = [self.site_name(key) for key in keys if not is_ours(replaced.get(("output",) + key), SelfAttention)]
         if lost:
             raise ValueError(f"model: a node after Cross-Image Attention replaced the self-attention of decoder "
                              f"layers {', '.join(lost)}, so they would no longer look at the appearance. Remove that "
@@ -149,14 +149,6 @@ class SelfAttention:
 
 
 SELF_ATTENTION = SelfAttention()
-
-
-def is_ours(replacement) -> bool:
-    """Our replacement, or one that wraps it and says so as functools.wraps does (__wrapped__):
-    a node that composes with ours instead of replacing it."""
-    while replacement is not None and not isinstance(replacement, SelfAttention):
-        replacement = getattr(replacement, "__wrapped__", None)
-    return replacement is not None
 
 
 def self_attention(q, k, v, extra_options, compiled: bool = False):
