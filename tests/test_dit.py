@@ -121,7 +121,7 @@ def test_blocks_by_preset_or_number(pack, dits, family):
     assert architecture.token_grid(keys[0], (9, 12)) == (-(-9 // patch), 12 // patch)
 
 
-@pytest.mark.parametrize("family", ["flux-dev", "sd35-medium"])
+@pytest.mark.parametrize("family", ["flux-dev", "sd35-medium", "z-image"])
 def test_another_attention_override_is_chained_and_a_later_one_refused(node, dits, family):
     """An attention override set before Cross-Image Attention (an attention backend, Sage) runs in
     every attention the pack does not compute itself; one set after it would silence the swap,

@@ -200,6 +200,46 @@ def sd3_conditioning(seed: int = 0, tokens: int = 8):
              {"pooled_output": torch.randn(1, SD3_POOLED, generator=generator)}]]
 
 
+LUMINA_CONTEXT = 48  # the tiny Lumina 2 and Z-Image models' text embedding width (Gemma 2: 2304, Qwen3: 2560)
+
+
+def tiny_lumina_config(kind: str = "lumina2", layers: int = 2) -> dict:
+    """A NextDiT configuration with two heads, `layers` joint layers and two refiner blocks each
+    for text and image: kind "lumina2" (Lumina 2's RoPE axes and theta, grouped key/value heads)
+    or "z-image" (Z-Image's axes, theta 256, its modulation and its padding to 32 tokens)."""
+    common = dict(image_model="lumina2", patch_size=2, in_channels=16, cap_feat_dim=LUMINA_CONTEXT, n_layers=layers,
+                  n_refiner_layers=2, qk_norm=True, n_heads=2)
+    if kind == "z-image":  # its modulation needs 256 channels at least
+        return dict(common, dim=256, n_kv_heads=2, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
+                    ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+    return dict(common, dim=192, n_kv_heads=1, axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
+                ffn_dim_multiplier=4.0)
+
+
+def tiny_lumina_model(seed: int = 0, kind: str = "lumina2", output_scale: float = 1.0, **config):
+    """A ComfyUI MODEL of Lumina 2 or Z-Image (tiny_lumina_config(kind, **config)) with random weights,
+    on the CPU, built as ComfyUI's loader builds one (supported_models.Lumina2 / ZImage and
+    model_base.Lumina2); ComfyUI's detection knows only the full-size widths, so it is built
+    directly."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    family = {"lumina2": comfy.supported_models.Lumina2, "z-image": comfy.supported_models.ZImage}[kind](
+        tiny_lumina_config(kind, **config))
+    family.set_inference_dtype(torch.float32, None)
+    base = family.get_model({}, device=torch.device("cpu"))
+    randomize_(base.diffusion_model, seed)
+    with torch.no_grad():
+        base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
+    base.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def lumina_conditioning(seed: int = 0, tokens: int = 8):
+    """A CONDITIONING for the tiny Lumina 2 and Z-Image models: the text encoder's hidden states."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, LUMINA_CONTEXT, generator=generator), {}]]
+
+
 # The diffusion transformers of the DiT tests: {family: (model builder, conditioning builder, latent
 # shape (C, ...) of a (H, W) latent)}; the models are a few blocks of 128-channel heads.
 DIT_FAMILIES = {
@@ -212,6 +252,8 @@ DIT_FAMILIES = {
                16),
     "sd3": (lambda **kw: tiny_sd3_model(**kw), sd3_conditioning, 16),
     "sd35-medium": (lambda **kw: tiny_sd3_model(medium=True, **kw), sd3_conditioning, 16),
+    "lumina2": (lambda **kw: tiny_lumina_model(kind="lumina2", **kw), lumina_conditioning, 16),
+    "z-image": (lambda **kw: tiny_lumina_model(kind="z-image", **kw), lumina_conditioning, 16),
 }
 
 
