@@ -43,10 +43,10 @@ class Inversion:
                                  f"{getattr(t, 'dtype', type(t).__name__)}")
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"inversion: {label} holds NaN or infinite values")
-        if self.sigmas.ndim != 1 or self.trajectory.ndim != 5:
+        frames = self.trajectory.ndim == 6 and self.trajectory.shape[3] == 1  # (.., channels, 1 frame, height, width)
+        if self.sigmas.ndim != 1 or not (self.trajectory.ndim == 5 or frames):
             raise ValueError("inversion: sigmas must be 1-D and the trajectory (steps, batch, channels, height, "
-                             "width), "
-                             f"got {tuple(self.sigmas.shape)} and {tuple(self.trajectory.shape)}")
+                             f"width), got {tuple(self.sigmas.shape)} and {tuple(self.trajectory.shape)}")
         if self.sigmas.shape[0] < 2 or bool((self.sigmas[:-1] <= self.sigmas[1:]).any()) or float(self.sigmas[-1]) < 0:
             raise ValueError("inversion: sigmas must be a schedule of at least one step, falling to 0 or above")
         if self.trajectory.shape[0] != self.sigmas.shape[0]:

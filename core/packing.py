@@ -11,10 +11,11 @@ import torch
 
 
 def rows_per_latent(shape: tuple, row_shape: tuple) -> int:
-    """How many rows of `row_shape` (C, H, W) one latent of `shape` (C, h, w) takes."""
+    """How many rows of `row_shape` (C, H, W) one latent of `shape` (C, h, w) takes (each may
+    have a frame axis of 1 before the height: (C, 1, H, W))."""
     if shape[0] != row_shape[0]:
         raise ValueError(f"latents of {shape[0]} and {row_shape[0]} channels cannot share a batch")
-    return math.ceil(shape[1] * shape[2] / (row_shape[1] * row_shape[2]))
+    return math.ceil(math.prod(shape[1:]) / math.prod(row_shape[1:]))
 
 
 def pack(latents: torch.Tensor, row_shape: tuple) -> torch.Tensor:
@@ -22,8 +23,8 @@ def pack(latents: torch.Tensor, row_shape: tuple) -> torch.Tensor:
     if tuple(latents.shape[1:]) == tuple(row_shape):
         return latents
     b, c = latents.shape[:2]
-    k, per_row = rows_per_latent(tuple(latents.shape[1:]), row_shape), row_shape[1] * row_shape[2]
-    flat = torch.nn.functional.pad(latents.reshape(b, c, -1), (0, k * per_row - latents.shape[2] * latents.shape[3]))
+    k, per_row = rows_per_latent(tuple(latents.shape[1:]), row_shape), math.prod(row_shape[1:])
+    flat = torch.nn.functional.pad(latents.reshape(b, c, -1), (0, k * per_row - math.prod(latents.shape[2:])))
     return flat.reshape(b, c, k, per_row).transpose(1, 2).reshape(b * k, *row_shape)
 
 
@@ -33,6 +34,6 @@ def unpack(rows: torch.Tensor, shape: tuple) -> torch.Tensor:
         return rows
     row_shape = tuple(rows.shape[1:])
     k, c = rows_per_latent(shape, row_shape), shape[0]
-    per_row = row_shape[1] * row_shape[2]
+    per_row = math.prod(row_shape[1:])
     flat = rows.reshape(-1, k, c, per_row).transpose(1, 2).reshape(-1, c, k * per_row)
-    return flat[:, :, :shape[1] * shape[2]].reshape(-1, *shape)
+    return flat[:, :, :math.prod(shape[1:])].reshape(-1, *shape)

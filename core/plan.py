@@ -25,6 +25,7 @@ class CallPlan:
     so that a planned patch that did not run is an error, not a silent no-op.
 
     latent_shape: (H, W) of the call's latents (each site's token grid follows from it);
+    appearance_shape: (H, W) of the appearances' latents (where their keys sit);
     progress: how far the sampling is, step / (steps - 1), for what changes over the steps."""
     step: int
     rows: CallRows
@@ -37,6 +38,7 @@ class CallPlan:
     lend: bool = False
     borrow: bool = False
     latent_shape: tuple = ()
+    appearance_shape: tuple = ()
     progress: float = 0.0
     ran: set = field(default_factory=set, compare=False)
 
@@ -66,8 +68,10 @@ def plan_step(index: int, steps: Steps, rows: SamplerRows, transfer: TransferSet
     progress = index / max(1, steps.count - 1)
     main = CallPlan(index, call_rows, swap, from_structure, transfer.contrast, budget,
                     regions if swap and not from_structure else None, store, borrow=borrow,
-                    latent_shape=tuple(rows.row_shape[-2:]), progress=progress)
+                    latent_shape=tuple(rows.row_shape[-2:]), appearance_shape=tuple(rows.appearance_shape[-2:]),
+                    progress=progress)
     apart = CallPlan(index, call_rows.apart(), swap=False, kv_store=store, lend=borrow,
-                     latent_shape=tuple(rows.appearance_shape[-2:]), progress=progress) \
+                     latent_shape=tuple(rows.appearance_shape[-2:]), appearance_shape=tuple(rows.appearance_shape[-2:]),
+                     progress=progress) \
         if rows.appearances_apart else None
     return StepPlan(apart, main, scale)

@@ -44,7 +44,7 @@ def test_the_edit_friendly_flow_inversion_is_retraced_exactly(node, dits, family
     assert inversion.method == "flow" and inversion.noise.shape == (8,) + tuple(inversion.trajectory.shape[1:])
     assert not inversion.noise[-1].any()
     clean = model.model.process_latent_in(lat["samples"])
-    sigmas = inversion.sigmas[:-1, None, None, None, None]
+    sigmas = inversion.sigmas[:-1].view(-1, *[1] * (inversion.trajectory.ndim - 1))
     spread = (inversion.trajectory[:-1] - (1 - sigmas) * clean).flatten(1).std(1) / sigmas.flatten()
     torch.testing.assert_close(spread, torch.ones(8), rtol=0.15, atol=0.15)
     (out,) = node("CrossImageSampler").execute(model, cond, inversion, "euler_ancestral", 1.0)
@@ -121,7 +121,7 @@ def test_blocks_by_preset_or_number(pack, dits, family):
     assert architecture.token_grid(keys[0], (9, 12)) == (-(-9 // patch), 12 // patch)
 
 
-@pytest.mark.parametrize("family", ["flux-dev", "sd35-medium", "z-image"])
+@pytest.mark.parametrize("family", ["flux-dev", "sd35-medium", "z-image", "qwen-image"])
 def test_another_attention_override_is_chained_and_a_later_one_refused(node, dits, family):
     """An attention override set before Cross-Image Attention (an attention backend, Sage) runs in
     every attention the pack does not compute itself; one set after it would silence the swap,

@@ -240,8 +240,36 @@ def lumina_conditioning(seed: int = 0, tokens: int = 8):
     return [[torch.randn(1, tokens, LUMINA_CONTEXT, generator=generator), {}]]
 
 
+QWEN_CONTEXT = 64  # the tiny Qwen-Image model's text embedding width (Qwen2.5-VL: 3584)
+
+
+def tiny_qwen_image_model(seed: int = 0, output_scale: float = 1.0, layers: int = 2):
+    """A ComfyUI MODEL of Qwen-Image with random weights and `layers` blocks of two 128-channel
+    heads, on the CPU, built as ComfyUI's loader builds one (supported_models.QwenImage and
+    model_base.QwenImage); ComfyUI's detection fixes the full-size width, so it is built directly.
+    Its latents have a frame axis: (B, 16, 1, H, W)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    family = comfy.supported_models.QwenImage(dict(
+        image_model="qwen_image", in_channels=64, out_channels=16, patch_size=2, num_layers=layers,
+        num_attention_heads=2, attention_head_dim=128, joint_attention_dim=QWEN_CONTEXT, axes_dims_rope=(16, 56, 56)))
+    family.set_inference_dtype(torch.float32, None)
+    base = family.get_model({}, device=torch.device("cpu"))
+    randomize_(base.diffusion_model, seed)
+    with torch.no_grad():
+        base.diffusion_model.proj_out.weight.mul_(output_scale)
+    base.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def qwen_conditioning(seed: int = 0, tokens: int = 8):
+    """A CONDITIONING for the tiny Qwen-Image model: the text encoder's hidden states."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, QWEN_CONTEXT, generator=generator), {}]]
+
+
 # The diffusion transformers of the DiT tests: {family: (model builder, conditioning builder, latent
-# shape (C, ...) of a (H, W) latent)}; the models are a few blocks of 128-channel heads.
+# channels, or (channels, frames))}; the models are a few blocks of two heads.
 DIT_FAMILIES = {
     "flux-dev": (lambda **kw: tiny_flux_model(kind="dev", **kw), lambda seed: flux_conditioning(seed, kind="dev"), 16),
     "flux-schnell": (lambda **kw: tiny_flux_model(kind="schnell", **kw),
@@ -254,6 +282,7 @@ DIT_FAMILIES = {
     "sd35-medium": (lambda **kw: tiny_sd3_model(medium=True, **kw), sd3_conditioning, 16),
     "lumina2": (lambda **kw: tiny_lumina_model(kind="lumina2", **kw), lumina_conditioning, 16),
     "z-image": (lambda **kw: tiny_lumina_model(kind="z-image", **kw), lumina_conditioning, 16),
+    "qwen-image": (lambda **kw: tiny_qwen_image_model(**kw), qwen_conditioning, (16, 1)),
 }
 
 
@@ -266,4 +295,5 @@ def tiny_dit(family: str, seed: int = 1, output_scale: float = 0.2):
 def dit_latent(family: str, seed: int, height: int = 8, width: int = 12) -> dict:
     """A random LATENT for a DIT_FAMILIES family's model."""
     channels = DIT_FAMILIES[family][2]
-    return {"samples": torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(seed))}
+    shape = (channels if isinstance(channels, tuple) else (channels,)) + (height, width)
+    return {"samples": torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed))}

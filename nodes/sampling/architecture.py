@@ -83,10 +83,11 @@ def architecture_of(model) -> Architecture:
     """The adapter for a ComfyUI MODEL, or a ValueError naming the input."""
     from .flux import Flux
     from .lumina import Lumina
+    from .qwen_image import QwenImage
     from .sd3 import SD3
     from .unet import UNet
     diffusion_model = model.get_model_object("diffusion_model")
-    for adapter in (UNet, Flux, SD3, Lumina):
+    for adapter in (UNet, Flux, SD3, Lumina, QwenImage):
         if adapter.fits(diffusion_model):
             return adapter(diffusion_model)
     raise ValueError(f"model: the Cross-Image nodes do not know the {type(diffusion_model).__name__} architecture "

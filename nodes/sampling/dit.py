@@ -34,6 +34,7 @@ class JointTransformer(Architecture):
     patch: int = 2
     rope: Optional[Rope] = None
     vital: dict = {}
+    centered = False  # image positions counted from the grid's centre (else from its first row and column)
     family = "this model"
 
     def sites(self) -> list:
@@ -133,9 +134,11 @@ class JointTransformer(Architecture):
         """What the appearance's image keys undergo before the outputs attend to them."""
         if positions is None or positions.kind == "same":
             return None
-        if positions.kind == "shifted":  # beside the output: its columns' count further right
+        if positions.kind == "shifted":  # beside the output: its first column right after the output's last
+            columns = self.token_grid(None, plan.latent_shape)[1]
             offset = [0.0] * (int(self.rope.axis.max()) + 1)
-            offset[2] = float(self.token_grid(None, plan.latent_shape)[1])
+            offset[2] = float(columns - columns // 2 + self.token_grid(None, plan.appearance_shape)[1] // 2
+                              if self.centered else columns)
             return lambda keys: rotate(keys, self.rope, offset)
         scales = band_scales(self.rope, plan.progress, axes=(1, 2),  # rows and columns
                              high_start=positions.high_start, high_end=positions.high_end)

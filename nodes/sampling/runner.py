@@ -68,7 +68,7 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
                              "Encode's LATENT directly, and give the mask to Cross-Image Attention (structure_mask "
                              "or appearance_mask) to keep the transfer to it")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        if samples.ndim != 4:
+        if not (samples.ndim == 4 or samples.ndim == 5 and samples.shape[2] == 1):  # one frame: Qwen-Image's
             raise ValueError(f"{name}: expected an image latent (batch, channels, height, width), got shape "
                              f"{tuple(samples.shape)}")
         cleans.append(model.model.process_latent_in(samples.float()))
