@@ -89,7 +89,8 @@ def measure(args):
         headless.use_comfyui(os.environ["COMFYUI_PATH"])
         from comfy.cli_args import args as comfy_args
         comfy_args.use_pytorch_cross_attention = True
-    nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder)
+    nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], input_dir=folder, output_dir=folder,
+                                   dynamic_vram=args.dynamic_vram)
     import comfy.model_management
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -360,6 +361,8 @@ def main():
                         help="also one appearance onto N structures in one run, per image time (e.g. 1,4,8)")
     parser.add_argument("--compile", action="store_true",
                         help="also ours under ComfyUI's TorchCompileModel (inductor; the warm-up run compiles)")
+    parser.add_argument("--dynamic-vram", action="store_true",
+                        help="ComfyUI 0.33.0's DynamicVRAM model loading, as its main.py turns it on (NVIDIA only)")
     parser.add_argument("--attention-step", choices=("ours", "ours, least chunks", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1:

@@ -20,14 +20,15 @@ from benchmark import GIB, MIB, timed_on
 
 def measure_flux(args):
     import headless
-    nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"])
+    nodes = headless.start_comfyui(os.environ["COMFYUI_PATH"], dynamic_vram=args.dynamic_vram)
     import comfy.model_management
     import comfy.samplers
     import comfy.utils
 
     import node_graph
     import tiny_models
-    from reference_flux import FluxReference, FluxSettings, flux_twin
+    from reference_dit import DiTSettings
+    from reference_flux import FluxReference, flux_twin
     comfy.utils.PROGRESS_BAR_ENABLED = False
     node = nodes.NODE_CLASS_MAPPINGS.__getitem__
     device = comfy.model_management.get_torch_device()
@@ -42,7 +43,7 @@ def measure_flux(args):
     sampling = model.get_model_object("model_sampling")
     steps = args.steps or 28
     sigmas = tuple(float(s) for s in comfy.samplers.calculate_sigmas(sampling, "simple", steps))
-    s = FluxSettings(sigmas=sigmas, sigma_floor=float(sampling.sigma_min), inversion="flow",
+    s = DiTSettings(sigmas=sigmas, sigma_floor=float(sampling.sigma_min), inversion="flow",
                      skip=round(steps * 6 / 28), blocks=(0, 1, 17, 18, 25, 28, 53, 54, 56), contrast=1.67,
                      structure_every=5, positions="attenuated")
     n = steps - s.skip
@@ -55,7 +56,7 @@ def measure_flux(args):
 
     def ours():
         counted = node_graph.counting(model)
-        out = node_graph.flux_transfer(node, model, cond, s, structure, appearance, "vital", 0, counted)
+        out = node_graph.dit_transfer(node, model, cond, s, structure, appearance, "vital", 0, counted)
         return out, (sum(counted.evaluations), len(counted.evaluations))
 
     def reference():

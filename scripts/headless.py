@@ -26,15 +26,20 @@ def use_comfyui(comfy_path) -> str:
     return comfy_path
 
 
-def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=()):
+def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=(), dynamic_vram=False):
     """Import ComfyUI from `comfy_path`, point its folders, and load this pack's nodes.
 
-    Returns the `nodes` module (ComfyUI's node registry)."""
+    dynamic_vram: turn on the DynamicVRAM model loading (comfy-aimdo) as ComfyUI 0.33.0's main.py
+    does on an NVIDIA card. Returns the `nodes` module (ComfyUI's node registry)."""
     comfy_path = use_comfyui(comfy_path)
     import torch
     from comfy.cli_args import args
     if not torch.cuda.is_available():
+        if dynamic_vram:
+            raise SystemExit("DynamicVRAM needs an NVIDIA GPU; this machine has none")
         args.cpu = True  # what `python main.py --cpu` does; must precede comfy.model_management
+    if dynamic_vram:
+        _enable_dynamic_vram()
     import folder_paths
     import nodes
 
@@ -51,6 +56,23 @@ def start_comfyui(comfy_path, input_dir=None, output_dir=None, checkpoint_dirs=(
         if not asyncio.run(nodes.load_custom_node(REPO)):
             raise RuntimeError("the Cross-Image Attention nodes failed to load (see the log above)")
     return nodes
+
+
+def _enable_dynamic_vram():
+    """What ComfyUI 0.33.0's main.py does for DynamicVRAM: comfy-aimdo set up before
+    comfy.model_management first touches the card, then the dynamic ModelPatcher in place."""
+    try:
+        import comfy_aimdo.control
+        import comfy.memory_management
+    except ImportError as error:
+        raise SystemExit(f"DynamicVRAM needs ComfyUI 0.33.0 or later and comfy-aimdo ({error})") from error
+    comfy_aimdo.control.init()
+    import comfy.model_management
+    import comfy.model_patcher
+    if not comfy_aimdo.control.init_devices(d.index for d in comfy.model_management.get_all_torch_devices()):
+        raise SystemExit("comfy-aimdo did not start on this card: DynamicVRAM is not available")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
 
 
 def pack_module():

@@ -96,21 +96,27 @@ def with_guidance(cond, guidance):
     return [[cond[0][0], {**cond[0][1], "guidance": guidance}]]
 
 
-def flux_transfer(node, model, cond, s, structure, appearance, levels: str, seed: int, counted=None):
-    """The transfer on Flux through the nodes, as a workflow wires them, the settings given as
-    tests/reference_flux.FluxSettings; `structure` and `appearance` are clean model-space latents;
-    returns the model-space output. counted: the MODEL the Invert Pair node runs (a counting clone)."""
+def dit_transfer(node, model, cond, s, structure, appearance, levels: str, seed: int, counted=None, negative=None):
+    """The transfer on a diffusion transformer through the nodes, as a workflow wires them, the
+    settings given as tests/reference_dit.DiTSettings (its cfg and inversion_cfg with `negative`,
+    Flux-dev's embedded guidance where it sets one); `structure` and `appearance` are clean
+    model-space latents; returns the model-space output. counted: the MODEL the Invert Pair node
+    runs (a counting clone)."""
     scale, n, steps = model.model.latent_format, len(s.sigmas) - 1 - s.skip, len(s.sigmas) - 1
     latents = [{"samples": scale.process_out(latent)} for latent in (structure, appearance)]
-    inverting, inverter = with_guidance(cond, s.inversion_guidance), counted or model
+
+    def guided(conditioning, value):
+        return conditioning if conditioning is None or value is None else with_guidance(conditioning, value)
+    inverting, inverter = guided(cond, s.inversion_guidance), counted or model
+    inverting_negative = guided(negative, s.inversion_guidance)
     if s.inversion == "euler":
-        structure, appearance = node("CrossImageInvertPairDDIM").execute(inverter, *latents, inverting, steps,
-                                                                         "simple", 1.0)
+        structure, appearance = node("CrossImageInvertPairDDIM").execute(
+            inverter, *latents, inverting, steps, "simple", s.inversion_cfg, inverting_negative)
     else:
-        structure, appearance = node("CrossImageInvertPairDDPM").execute(inverter, *latents, inverting, steps,
-                                                                         "simple", 1.0, s.skip, seed)
+        structure, appearance = node("CrossImageInvertPairDDPM").execute(
+            inverter, *latents, inverting, steps, "simple", s.inversion_cfg, s.skip, seed, inverting_negative)
     contrast = node("CrossImageAttentionContrast").execute(s.contrast)[0]
-    positions = node("CrossImageAppearancePositions").execute(s.positions)[0]
+    positions = None if s.positions is None else node("CrossImageAppearancePositions").execute(s.positions)[0]
     (patched,) = node("CrossImageAttention").execute(
         counted or model, appearance, levels, s.swap_from / n, 1.0, contrast, s.structure_every,
         min(s.structure_until / n, 1.0), positions=positions)
@@ -121,7 +127,7 @@ def flux_transfer(node, model, cond, s, structure, appearance, levels: str, seed
     if s.adain_from is not None:
         adain = node("CrossImageLatentAdaIN").execute(s.adain_from / n, 1.0)[0]
     sampler = "euler" if s.inversion == "euler" else "euler_ancestral"
-    (out,) = node("CrossImageSampler").execute(patched, with_guidance(cond, s.embedded_guidance), structure, sampler,
-                                               1.0, None, guidance, adain)
+    (out,) = node("CrossImageSampler").execute(patched, guided(cond, s.embedded_guidance), structure, sampler,
+                                               s.cfg, guided(negative, s.embedded_guidance), guidance, adain)
     return scale.process_in(out["samples"])
 

@@ -14,7 +14,8 @@ import torch
 
 import node_graph
 import tiny_models
-from reference_flux import FluxReference, FluxSettings, flux_twin
+from reference_dit import DiTSettings
+from reference_flux import FluxReference, flux_twin
 
 HEIGHT, WIDTH = 8, 12
 TOLERANCE = 1e-4
@@ -41,26 +42,26 @@ def schedule(world, steps: int) -> tuple:
     return tuple(float(s) for s in sigmas), float(sampling.sigma_min)
 
 
-def settings(world, steps: int, **values) -> FluxSettings:
+def settings(world, steps: int, **values) -> DiTSettings:
     sigmas, floor = schedule(world, steps)
-    return FluxSettings(sigmas=sigmas, sigma_floor=floor, **values)
+    return DiTSettings(sigmas=sigmas, sigma_floor=floor, **values)
 
 
-def draws(seed: int, s: FluxSettings) -> torch.Tensor:
+def draws(seed: int, s: DiTSettings) -> torch.Tensor:
     """The Invert (Edit-Friendly DDPM) node's draws for its sampled steps, from its seed."""
     n = len(s.sigmas) - 1 - s.skip
     return torch.randn((n, 1, 16, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(seed))
 
 
-def reference_output(world, s: FluxSettings, seed=PAIR_SEED) -> torch.Tensor:
+def reference_output(world, s: DiTSettings, seed=PAIR_SEED) -> torch.Tensor:
     context, extra = world["cond"][0]
     reference = FluxReference(world["twin"], s, context, extra["pooled_output"])
     fresh = {} if s.inversion == "euler" else {"fresh_appearance": draws(seed, s), "fresh_structure": draws(seed, s)}
     return reference.transfer(world["appearance"], world["structure"], **fresh)
 
 
-def node_output(node, world, s: FluxSettings, levels: str) -> torch.Tensor:
-    return node_graph.flux_transfer(node, world["model"], world["cond"], s, world["structure"], world["appearance"],
+def node_output(node, world, s: DiTSettings, levels: str) -> torch.Tensor:
+    return node_graph.dit_transfer(node, world["model"], world["cond"], s, world["structure"], world["appearance"],
                                     levels, PAIR_SEED)
 
 
@@ -111,7 +112,7 @@ def test_comfyui_flux_equals_the_diffusers_twin(world):
                                                     y=extra["pooled_output"].expand(2, -1),
                                                     guidance=torch.tensor([3.5, 1.0]))
     reference = FluxReference(world["twin"], settings(world, 2), context, extra["pooled_output"])
-    theirs = torch.cat([reference.velocity(x[i:i + 1], float(sigma[i]), torch.tensor([g_])) for i, g_ in
+    theirs = torch.cat([reference.velocity(x[i:i + 1], float(sigma[i]), torch.tensor([g_]), 1.0) for i, g_ in
                         enumerate((3.5, 1.0))])
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
 

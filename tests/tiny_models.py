@@ -63,6 +63,16 @@ def tiny_sdxl_model(seed: int = 0, output_scale: float = 1.0, **config):
     return random_model(tiny_sdxl_unet_config(**config), seed, output_scale=output_scale, family="sdxl")
 
 
+def comfy_patcher(base, device=None):
+    """`base` as ComfyUI's loaders hand it out: on ComfyUI's device (the CPU in the tests), with the
+    patcher they use (0.33.0's DynamicVRAM one where that is on, else ModelPatcher)."""
+    import comfy.model_management
+    import comfy.model_patcher
+    patcher = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    device = device or comfy.model_management.get_torch_device()
+    return patcher(base, load_device=device, offload_device=torch.device("cpu"))
+
+
 def random_model(unet_config: dict, seed: int = 0, prediction: str = "eps", output_scale: float = 1.0,
                  device=torch.device("cpu"), dtype=torch.float32, family: str = "sd15"):
     """A ComfyUI MODEL of the SD1.5 (or SDXL) family with this UNet configuration and random weights."""
@@ -85,7 +95,7 @@ def random_model(unet_config: dict, seed: int = 0, prediction: str = "eps", outp
     with torch.no_grad():  # a smaller last layer makes eps vary smoothly, as in a trained model
         base.diffusion_model.out[-1].weight.mul_(output_scale)
     base.eval().requires_grad_(False)  # as in ComfyUI, which runs graphs in inference mode
-    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"))
+    return comfy_patcher(base, device)
 
 
 def conditioning(seed: int = 0, tokens: int = 8):
@@ -150,7 +160,7 @@ def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0,
     with torch.no_grad():
         base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
     base.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return comfy_patcher(base)
 
 
 def flux_conditioning(seed: int = 0, tokens: int = 8, guidance=3.5, kind: str = "dev"):
@@ -231,7 +241,7 @@ def tiny_lumina_model(seed: int = 0, kind: str = "lumina2", output_scale: float 
     with torch.no_grad():
         base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
     base.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return comfy_patcher(base)
 
 
 def lumina_conditioning(seed: int = 0, tokens: int = 8):
@@ -259,7 +269,7 @@ def tiny_qwen_image_model(seed: int = 0, output_scale: float = 1.0, layers: int 
     with torch.no_grad():
         base.diffusion_model.proj_out.weight.mul_(output_scale)
     base.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return comfy_patcher(base)
 
 
 def qwen_conditioning(seed: int = 0, tokens: int = 8):
