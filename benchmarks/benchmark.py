@@ -21,7 +21,8 @@ Prints, ours vs reference and as ratios:
   bash benchmarks/run.sh                                       # CPU: tiny UNet, 32x48 latent
   bash benchmarks/run.sh --model sd15 --size 512 --dtype fp16 --structures 1,4,8  # GPU: full SD1.5 UNet
   bash benchmarks/run.sh --model sdxl --size 1024 --dtype fp16 # GPU: SDXL-family UNet (KOALA-1B layout)
-  bash benchmarks/run.sh --model flux                          # Flux: benchmark_flux.py
+  bash benchmarks/run.sh --model flux                          # Flux: benchmark_dit.py
+  bash benchmarks/run.sh --model qwen-image                    # also sd3, sd35-medium, lumina2: benchmark_dit.py
 """
 import argparse
 import dataclasses
@@ -51,6 +52,7 @@ SDXL_UNET = dict(
     num_head_channels=64, use_spatial_transformer=True, legacy=False, adm_in_channels=2816, num_classes="sequential",
     use_linear_in_transformer=True, use_temporal_attention=False, use_temporal_resblock=False)
 GIB, MIB = 2 ** 30, 2 ** 20
+DIT_FAMILIES = ("flux", "sd3", "sd35-medium", "qwen-image", "lumina2")  # benchmark_dit.FAMILIES
 ATTENTION = dict(tokens=4096, heads=8, inner=320)  # SD1.5's finest decoder attention at 512 px
 
 
@@ -343,11 +345,16 @@ def resident_kib(field: str) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl", "flux"), default="tiny",
+    parser.add_argument("--model", choices=("tiny", "sd15", "sdxl") + tuple(DIT_FAMILIES), default="tiny",
                         help="sdxl: an SDXL-family UNet (KOALA-1B layout), with pooled text and size conditioning; "
-                             "flux: Flux-dev's layout (benchmark_flux.py)")
+                             "flux: Flux-dev's layout; sd3, sd35-medium, qwen-image, lumina2: those diffusion "
+                             "transformers (benchmark_dit.py)")
     parser.add_argument("--heads", type=int, default=1, help="flux: heads of 128 channels (Flux-dev: 24)")
-    parser.add_argument("--text-tokens", type=int, default=64, help="flux: text tokens (Flux-dev's T5: 256 or 512)")
+    parser.add_argument("--layers", type=int, default=0,
+                        help="sd3, sd35-medium, qwen-image, lumina2: blocks (0: 8 on SD3, whose tiny width is 64 per "
+                             "block; Qwen-Image's 60; Lumina 2's 26)")
+    parser.add_argument("--text-tokens", type=int, default=64,
+                        help="diffusion transformers: text tokens (Flux-dev's T5: 256 or 512)")
     parser.add_argument("--size", type=int, default=256, help="image height in pixels (latent = size / 8)")
     parser.add_argument("--aspect", type=int, default=3, help="width = size * aspect / 2 (3: non-square)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
@@ -370,9 +377,9 @@ def main():
     if args.attention_step:
         with torch.no_grad():
             print(attention_step(args.attention_step, args.dtype))
-    elif args.model == "flux":
-        from benchmark_flux import measure_flux
-        measure_flux(args)
+    elif args.model in DIT_FAMILIES:
+        from benchmark_dit import measure_dit
+        measure_dit(args)
     else:
         measure(args)
 
