@@ -13,7 +13,7 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # ComfyUI's own extra nodes the shipped workflows use (FluxGuidance), loaded from its comfy_extras
-EXTRA_NODES = ("nodes_flux.py",)
+EXTRA_NODES = ("nodes_flux.py", "nodes_sd3.py", "nodes_model_advanced.py")  # the shipped workflows' loaders
 
 
 def use_comfyui(comfy_path) -> str:

@@ -64,10 +64,15 @@ def cond(comfy_nodes):
     return tiny_models.conditioning(0)
 
 
+def is_sd3_name(name: str) -> bool:
+    return name.lower().startswith("sd3")
+
+
 def shipped_checkpoint_names(family: str) -> set:
-    """The checkpoint names the shipped workflows use for `family` ("sdxl": names with "xl")."""
+    """The UNet checkpoint names the shipped workflows use for `family` ("sdxl": names with "xl";
+    SD3's are dit_files')."""
     names = {node["widgets_values"][0] for path in WORKFLOWS for node in json.load(open(path))["nodes"]
-             if node["type"] == "CheckpointLoaderSimple"}
+             if node["type"] == "CheckpointLoaderSimple" and not is_sd3_name(node["widgets_values"][0])}
     return {name for name in names if ("xl" in name.lower()) == (family == "sdxl")}
 
 
@@ -97,33 +102,40 @@ def sdxl_checkpoint(comfy_nodes, comfy_dirs):
 
 
 @pytest.fixture(scope="session")
-def flux_files(comfy_nodes, comfy_dirs):
-    """The files the shipped Flux workflow loads: a tiny random Flux-dev (UNETLoader), a full-size
-    random Flux autoencoder (VAELoader) and placeholder text encoders (DualCLIPLoader), which the
-    tests' stand-ins stand for (tests/stand_ins.py, installed here)."""
+def dit_files(comfy_nodes, comfy_dirs):
+    """The files the shipped diffusion-transformer workflows load: tiny random models
+    (UNETLoader; SD3.5's single-file checkpoint, CheckpointLoaderSimple), random autoencoders
+    (VAELoader) and placeholder text encoders (the CLIP loaders), which the tests' stand-ins stand
+    for (tests/stand_ins.py, installed here)."""
     import make_test_checkpoint
     import stand_ins
     stand_ins.install()
-    names = {}
+    writers = {}
     for path in WORKFLOWS:
         for node in json.load(open(path))["nodes"]:
-            if node["type"] == "UNETLoader":
-                names[node["widgets_values"][0]] = "diffusion_models"
-            elif node["type"] == "DualCLIPLoader":
-                names.update(dict.fromkeys(node["widgets_values"][:2], "text_encoders"))
-            elif node["type"] == "VAELoader":
-                names[node["widgets_values"][0]] = "vae"
-    for name, folder in names.items():
-        path = str(comfy_dirs[folder] / name)
-        {"diffusion_models": stand_ins.write_flux_model, "text_encoders": stand_ins.write_text_encoder,
-         "vae": make_test_checkpoint.build_flux_vae}[folder](path)
-    return set(names)
+            kind, values = node["type"], node["widgets_values"]
+            if kind == "UNETLoader":
+                family = stand_ins.DIFFUSION_MODELS[values[0]]
+                writers[("diffusion_models", values[0])] = lambda p, family=family: stand_ins.write_diffusion_model(
+                    p, family)
+            elif kind == "CheckpointLoaderSimple" and is_sd3_name(values[0]):
+                writers[("checkpoints", values[0])] = stand_ins.write_sd3_checkpoint
+            elif kind in ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"):
+                count = {"CLIPLoader": 1, "DualCLIPLoader": 2, "TripleCLIPLoader": 3}[kind]
+                writers.update(dict.fromkeys((("text_encoders", name) for name in values[:count]),
+                                             stand_ins.write_text_encoder))
+            elif kind == "VAELoader":
+                writers[("vae", values[0])] = (stand_ins.write_wan_vae if "qwen" in values[0]
+                                               else make_test_checkpoint.build_flux_vae)
+    for (folder, name), write in writers.items():
+        write(str(comfy_dirs[folder] / name))
+    return {name for _, name in writers}
 
 
 @pytest.fixture(scope="session")
-def workflow_checkpoints(sd15_checkpoint, sdxl_checkpoint, flux_files):
+def workflow_checkpoints(sd15_checkpoint, sdxl_checkpoint, dit_files):
     """Every model file the shipped workflows load, each of its family."""
-    return sd15_checkpoint | sdxl_checkpoint | flux_files
+    return sd15_checkpoint | sdxl_checkpoint | dit_files
 
 
 @pytest.fixture(scope="session")

@@ -106,34 +106,82 @@ def paper(checkpoint, levels, save_prefix, object_only=False):
     ]
 
 
-def flux():
-    """Flux-dev as its users wire it (UNETLoader, DualCLIPLoader, VAELoader, FluxGuidance), with the
-    method's edit-friendly flow inversion, Stable Flow's vital blocks (levels auto), contrast,
-    structure injection, appearance guidance and latent AdaIN."""
+def attention_settings(model):
+    """The method's settings on a diffusion transformer: contrast, attenuated positions (RoPE
+    models), the family's `auto` blocks, appearance guidance and latent AdaIN."""
+    positions = [n("positions", "CrossImageAppearancePositions", None, ["attenuated", 0.0, 1.0])] if model.rope else []
+    return ("Attention settings", [
+        n("contrast", "CrossImageAttentionContrast", None, [1.67]), *positions,
+        n("attention", "CrossImageAttention", None, ["auto", 0.15, 1.0, 5, 0.59], model=model.source,
+          appearance=("invert", 1), contrast=("contrast", 0), **({"positions": ("positions", 0)} if positions else {})),
+        n("guidance", "CrossImageAppearanceGuidance", None, [3.5, 1.75, 0.15]),
+        n("latent adain", "CrossImageLatentAdaIN", None, [0.29, 1.0])])
+
+
+@dataclass
+class Transformer:
+    """How a diffusion transformer's users wire it: its loaders (the MODEL, CLIP and VAE outputs
+    by node key), the prompt's conditioning (after FluxGuidance on Flux), the sampling's steps,
+    scheduler and CFG (with an empty negative prompt where CFG is above 1)."""
+    loaders: list
+    source: tuple          # the MODEL the method patches
+    clip: tuple
+    vae: tuple
+    steps: int
+    scheduler: str
+    cfg: float
+    skip: int
+    rope: bool = True
+    guidance: float = None  # Flux's embedded guidance (FluxGuidance)
+
+
+def transformer(family: Transformer, save_prefix: str, title: str):
+    positive = ("flux guidance", 0) if family.guidance is not None else ("prompt", 0)
+    prompts = [n("prompt", "CLIPTextEncode", "Prompt (same for both images)", [PROMPT], clip=family.clip)]
+    if family.guidance is not None:
+        prompts.append(n("flux guidance", "FluxGuidance", None, [family.guidance], conditioning=("prompt", 0)))
+    negative = {}
+    if family.cfg > 1:
+        prompts.append(n("negative", "CLIPTextEncode", "Negative (empty, for CFG)", [""], clip=family.clip))
+        negative = {"negative": ("negative", 0)}
     return [
-        ("Inputs", [
-            n("unet", "UNETLoader", None, ["flux1-dev.safetensors", "default"]),
-            n("text encoders", "DualCLIPLoader", None, ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux",
-                                                        "default"]),
-            n("vae", "VAELoader", None, ["ae.safetensors"]), *IMAGES,
-            n("prompt", "CLIPTextEncode", "Prompt (same for both images)", [PROMPT], clip=("text encoders", 0)),
-            n("flux guidance", "FluxGuidance", None, [3.5], conditioning=("prompt", 0))]),
-        ("Inversion", encodes(("vae", 0)) + [
-            n("invert", "CrossImageInvertPairDDPM", "Invert both images (edit-friendly, flow)",
-              [28, "simple", 1.0, 6, 0], model=("unet", 0), structure=("encode structure", 0),
-              appearance=("encode appearance", 0), positive=("flux guidance", 0))]),
-        ("Attention settings", [
-            n("contrast", "CrossImageAttentionContrast", None, [1.67]),
-            n("positions", "CrossImageAppearancePositions", None, ["attenuated", 0.0, 1.0]),
-            n("attention", "CrossImageAttention", None, ["auto", 0.15, 1.0, 5, 0.59], model=("unet", 0),
-              appearance=("invert", 1), contrast=("contrast", 0), positions=("positions", 0)),
-            n("guidance", "CrossImageAppearanceGuidance", None, [3.5, 1.75, 0.15]),
-            n("latent adain", "CrossImageLatentAdaIN", None, [0.29, 1.0])]),
-        ("Sampling", [n("sampler", "CrossImageSampler", None, ["euler_ancestral", 1.0], model=("attention", 0),
-                        positive=("flux guidance", 0), structure=("invert", 0), guidance=("guidance", 0),
-                        latent_adain=("latent adain", 0))]),
-        decoding("cross_image_attention_flux", ("vae", 0)),
+        ("Inputs", family.loaders + IMAGES + prompts),
+        ("Inversion", encodes(family.vae) + [
+            n("invert", "CrossImageInvertPairDDPM", title, [family.steps, family.scheduler, family.cfg, family.skip, 0],
+              model=family.source, structure=("encode structure", 0), appearance=("encode appearance", 0),
+              positive=positive, **negative)]),
+        attention_settings(family),
+        ("Sampling", [n("sampler", "CrossImageSampler", None, ["euler_ancestral", family.cfg], model=("attention", 0),
+                        positive=positive, structure=("invert", 0), guidance=("guidance", 0),
+                        latent_adain=("latent adain", 0), **negative)]),
+        decoding(save_prefix, family.vae),
     ]
+
+
+FLUX = Transformer(  # Flux-dev: UNETLoader, DualCLIPLoader, VAELoader, FluxGuidance 3.5; Stable Flow's vital blocks
+    [n("unet", "UNETLoader", None, ["flux1-dev.safetensors", "default"]),
+     n("text encoders", "DualCLIPLoader", None, ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"]),
+     n("vae", "VAELoader", None, ["ae.safetensors"])],
+    ("unet", 0), ("text encoders", 0), ("vae", 0), 28, "simple", 1.0, 6, guidance=3.5)
+SD35 = Transformer(  # SD3.5 large's single file (model and VAE), its three text encoders, shift 3, CFG 4.5
+    [n("checkpoint", "CheckpointLoaderSimple", None, ["sd3.5_large.safetensors"]),
+     n("text encoders", "TripleCLIPLoader", None, ["clip_l.safetensors", "clip_g.safetensors",
+                                                   "t5xxl_fp16.safetensors"]),
+     n("model sampling", "ModelSamplingSD3", None, [3.0], model=("checkpoint", 0))],
+    ("model sampling", 0), ("text encoders", 0), ("checkpoint", 2), 28, "sgm_uniform", 4.5, 6, rope=False)
+ZIMAGE = Transformer(  # Z-Image-Turbo: Qwen3 text encoder (lumina2 type), Flux's autoencoder, shift 3, 8 steps, CFG 1
+    [n("unet", "UNETLoader", None, ["z_image_turbo_bf16.safetensors", "default"]),
+     n("text encoder", "CLIPLoader", None, ["qwen_3_4b.safetensors", "lumina2", "default"]),
+     n("vae", "VAELoader", None, ["ae.safetensors"]),
+     n("model sampling", "ModelSamplingAuraFlow", None, [3.0], model=("unet", 0))],
+    ("model sampling", 0), ("text encoder", 0), ("vae", 0), 8, "simple", 1.0, 2)
+QWEN = Transformer(  # Qwen-Image: Qwen2.5-VL text encoder, its own autoencoder, shift 3.1, CFG 2.5
+    [n("unet", "UNETLoader", None, ["qwen_image_fp8_e4m3fn.safetensors", "default"]),
+     n("text encoder", "CLIPLoader", None, ["qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "default"]),
+     n("vae", "VAELoader", None, ["qwen_image_vae.safetensors"]),
+     n("model sampling", "ModelSamplingAuraFlow", None, [3.1], model=("unet", 0))],
+    ("model sampling", 0), ("text encoder", 0), ("vae", 0), 20, "simple", 2.5, 4)
+INVERT_TITLE = "Invert both images (edit-friendly, flow)"
 
 
 WORKFLOWS = {
@@ -142,7 +190,10 @@ WORKFLOWS = {
     "cross_image_attention_sdxl": lambda: paper("sd_xl_base_1.0.safetensors", "auto", "cross_image_attention_sdxl"),
     "cross_image_attention_object": lambda: paper("v1-5-pruned-emaonly.safetensors", "0,1",
                                                   "cross_image_attention_object", object_only=True),
-    "cross_image_attention_flux": flux,
+    "cross_image_attention_flux": lambda: transformer(FLUX, "cross_image_attention_flux", INVERT_TITLE),
+    "cross_image_attention_sd35": lambda: transformer(SD35, "cross_image_attention_sd35", INVERT_TITLE),
+    "cross_image_attention_zimage": lambda: transformer(ZIMAGE, "cross_image_attention_zimage", INVERT_TITLE),
+    "cross_image_attention_qwen": lambda: transformer(QWEN, "cross_image_attention_qwen", INVERT_TITLE),
 }
 
 
