@@ -207,3 +207,17 @@ def test_flow_inversions_save_and_load(node, dits, family):
     (a,) = node("CrossImageSampler").execute(model, cond, inversion, "euler_ancestral", 1.0)
     (b,) = node("CrossImageSampler").execute(model, cond, loaded, "euler_ancestral", 1.0)
     assert torch.equal(a["samples"], b["samples"])
+
+
+def test_hidream_is_refused_with_the_reason(pack):
+    """HiDream's attention calls carry no block identity and no block replacement exists for it:
+    the nodes refuse its MODEL, saying why (checked on the class ComfyUI builds HiDream with)."""
+    import comfy.ldm.hidream.model
+
+    class Model:  # what architecture_of reads of a MODEL
+        def get_model_object(self, name):
+            assert name == "diffusion_model"
+            cls = comfy.ldm.hidream.model.HiDreamImageTransformer2DModel
+            return cls.__new__(cls)
+    with pytest.raises(ValueError, match="model: HiDream is not supported: its attention calls carry no block"):
+        pack.nodes.sampling.architecture.architecture_of(Model())

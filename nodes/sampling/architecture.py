@@ -90,9 +90,16 @@ def architecture_of(model) -> Architecture:
     for adapter in (UNet, Flux, SD3, Lumina, QwenImage):
         if adapter.fits(diffusion_model):
             return adapter(diffusion_model)
+    if type(diffusion_model).__module__ == "comfy.ldm.hidream.model":
+        raise ValueError("model: HiDream is not supported: its attention calls carry no block identity and ComfyUI "
+                         "offers no block replacement for it, so the nodes cannot tell which block an attention call "
+                         "belongs to and could not check that the planned blocks looked at the appearance")
     raise ValueError(f"model: the Cross-Image nodes do not know the {type(diffusion_model).__name__} architecture "
-                     "(they work on Stable Diffusion UNets: SD1.x, SD2.x, SDXL; and on Flux, Flux.2, Chroma, SD3 and "
-                     "SD3.5)")
+                     f"(they work on {SUPPORTED})")
+
+
+SUPPORTED = ("Stable Diffusion UNets: SD1.x, SD2.x, SDXL; and on Flux, Flux.2, Chroma, SD3 and SD3.5, Lumina 2, "
+             "Z-Image and Qwen-Image")
 
 
 def is_ours(patch, kind: type) -> bool:
