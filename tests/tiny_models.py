@@ -73,6 +73,18 @@ def comfy_patcher(base, device=None):
     return patcher(base, load_device=device, offload_device=torch.device("cpu"))
 
 
+def built_model(family, seed: int, output_scale: float, last_layer: str):
+    """A MODEL of a supported_models `family` (configured) as ComfyUI's loader builds it, random
+    weights (`last_layer`'s weight scaled by output_scale), on the CPU."""
+    family.set_inference_dtype(torch.float32, None)
+    base = family.get_model({}, device=torch.device("cpu"))
+    randomize_(base.diffusion_model, seed)
+    with torch.no_grad():
+        base.diffusion_model.get_submodule(last_layer).weight.mul_(output_scale)
+    base.eval().requires_grad_(False)
+    return comfy_patcher(base)
+
+
 def random_model(unet_config: dict, seed: int = 0, prediction: str = "eps", output_scale: float = 1.0,
                  device=torch.device("cpu"), dtype=torch.float32, family: str = "sd15"):
     """A ComfyUI MODEL of the SD1.5 (or SDXL) family with this UNet configuration and random weights."""
@@ -154,13 +166,7 @@ def tiny_flux_model(seed: int = 0, kind: str = "dev", output_scale: float = 1.0,
     config = {key: value for key, value in tiny_flux_config(kind, **config).items() if key in fields}  # this release's
     family = {"dev": comfy.supported_models.Flux, "schnell": comfy.supported_models.FluxSchnell,
               "flux2": comfy.supported_models.Flux2, "chroma": comfy.supported_models.Chroma}[kind](config)
-    family.set_inference_dtype(torch.float32, None)
-    base = family.get_model({}, device=torch.device("cpu"))
-    randomize_(base.diffusion_model, seed)
-    with torch.no_grad():
-        base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
-    base.eval().requires_grad_(False)
-    return comfy_patcher(base)
+    return built_model(family, seed, output_scale, "final_layer.linear")
 
 
 def flux_conditioning(seed: int = 0, tokens: int = 8, guidance=3.5, kind: str = "dev"):
@@ -235,13 +241,7 @@ def tiny_lumina_model(seed: int = 0, kind: str = "lumina2", output_scale: float 
     import comfy.supported_models
     family = {"lumina2": comfy.supported_models.Lumina2, "z-image": comfy.supported_models.ZImage}[kind](
         tiny_lumina_config(kind, **config))
-    family.set_inference_dtype(torch.float32, None)
-    base = family.get_model({}, device=torch.device("cpu"))
-    randomize_(base.diffusion_model, seed)
-    with torch.no_grad():
-        base.diffusion_model.final_layer.linear.weight.mul_(output_scale)
-    base.eval().requires_grad_(False)
-    return comfy_patcher(base)
+    return built_model(family, seed, output_scale, "final_layer.linear")
 
 
 def lumina_conditioning(seed: int = 0, tokens: int = 8):
@@ -263,13 +263,7 @@ def tiny_qwen_image_model(seed: int = 0, output_scale: float = 1.0, layers: int 
     family = comfy.supported_models.QwenImage(dict(
         image_model="qwen_image", in_channels=64, out_channels=16, patch_size=2, num_layers=layers,
         num_attention_heads=2, attention_head_dim=128, joint_attention_dim=QWEN_CONTEXT, axes_dims_rope=(16, 56, 56)))
-    family.set_inference_dtype(torch.float32, None)
-    base = family.get_model({}, device=torch.device("cpu"))
-    randomize_(base.diffusion_model, seed)
-    with torch.no_grad():
-        base.diffusion_model.proj_out.weight.mul_(output_scale)
-    base.eval().requires_grad_(False)
-    return comfy_patcher(base)
+    return built_model(family, seed, output_scale, "proj_out")
 
 
 def qwen_conditioning(seed: int = 0, tokens: int = 8):
