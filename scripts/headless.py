@@ -63,12 +63,14 @@ def _enable_dynamic_vram():
     comfy.model_management first touches the card, then the dynamic ModelPatcher in place."""
     try:
         import comfy_aimdo.control
-        import comfy.memory_management
     except ImportError as error:
         raise SystemExit(f"DynamicVRAM needs ComfyUI 0.33.0 or later and comfy-aimdo ({error})") from error
     comfy_aimdo.control.init()
+    import comfy.memory_management
     import comfy.model_management
     import comfy.model_patcher
+    if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        raise SystemExit("DynamicVRAM needs ComfyUI 0.33.0 or later: this ComfyUI has no ModelPatcherDynamic")
     if not comfy_aimdo.control.init_devices(d.index for d in comfy.model_management.get_all_torch_devices()):
         raise SystemExit("comfy-aimdo did not start on this card: DynamicVRAM is not available")
     comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
