@@ -202,6 +202,9 @@ def tiny_sd3_model(seed: int = 0, medium: bool = False, depth: int = 2, output_s
     randomize_(network, seed)
     with torch.no_grad():
         network.final_layer.linear.weight.mul_(output_scale)
+        # the position buffer is made empty (SD3's checkpoints hold its 2-D sin-cos table)
+        table = mmdit.get_2d_sincos_pos_embed(hidden, 32)
+        network.pos_embed.copy_(torch.from_numpy(table).float()[None])
     state = {f"model.diffusion_model.{key}": value for key, value in network.state_dict().items()}
     model = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": torch.float32})
     model.model.eval().requires_grad_(False)
