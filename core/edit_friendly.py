@@ -60,15 +60,22 @@ PROCESSES = {  # method: (the draw of x at sigma from x0 and n, the sampler's st
 }
 
 
+def draws(clean: torch.Tensor, sigmas: torch.Tensor, fresh: torch.Tensor, method: str) -> list:
+    """The independent latents x_i at sigmas[i] (i < n) from the draws `fresh`, then the clean
+    latent: the trajectory an edit-friendly inversion lands on, known before any model call."""
+    draw = PROCESSES[method][0]
+    return [draw(clean, float(sigmas[i]), fresh[i].to(clean)) for i in range(sigmas.shape[0] - 1)] + [clean]
+
+
 def edit_friendly_invert(denoise: Denoiser, clean: torch.Tensor, sigmas: torch.Tensor, fresh: torch.Tensor,
                          callback=None, method: str = "ddpm") -> Tuple[torch.Tensor, torch.Tensor]:
     """Trajectory (len(sigmas), *clean.shape) and noise maps (len(sigmas) - 1, *clean.shape)
     along the descending `sigmas` (all of them above 0 except possibly the last); `fresh`
     (len(sigmas) - 1, *clean.shape) holds the independent standard normal draws; `method` the
     process ("ddpm" or "flow"). callback(k, denoised, x) after each step."""
-    draw, step = PROCESSES[method]
+    step = PROCESSES[method][1]
     n = sigmas.shape[0] - 1
-    samples = [draw(clean, float(sigmas[i]), fresh[i].to(clean)) for i in range(n)] + [clean]
+    samples = draws(clean, sigmas, fresh, method)
     trajectory, noise = [samples[0]], []
     for i in range(n):
         denoised = denoise(samples[i], float(sigmas[i]))

@@ -1,5 +1,5 @@
 """The result of inverting a latent: its whole noising trajectory, in sampling order."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import math
 from typing import Optional
 
@@ -21,6 +21,12 @@ class Inversion:
                 from sigmas[i] to sigmas[i + 1]; None for "ddim".
     guidance:   the guidance value the prompt carried into the model (Flux-dev's embedded
                 guidance), which the latents' rows need to retrace it; None for other models.
+    pending:    for an edit-friendly inversion whose model calls have not run yet (Invert Pair
+                leaves them to the sampler, which may not need them: nodes/sampling/deferred.py),
+                what runs them: pending.resolve() gives the complete Inversion, pending.guidance()
+                its guidance, pending.job the inversions made in the same calls. The trajectory
+                then holds the independent draws (core/edit_friendly.draws: the clean latent
+                last), noise and guidance are None. Read noise and guidance from resolved().
     """
 
     sigmas: torch.Tensor
@@ -29,6 +35,7 @@ class Inversion:
     method: str = "ddim"
     noise: Optional[torch.Tensor] = None
     guidance: Optional[float] = None
+    pending: Optional[object] = field(default=None, repr=False)
 
     METHODS = ("ddim", "ddpm", "flow")
     STOCHASTIC = ("ddpm", "flow")
@@ -52,7 +59,8 @@ class Inversion:
         if self.trajectory.shape[0] != self.sigmas.shape[0]:
             raise ValueError(
                 f"inversion: {self.trajectory.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
-        if (self.noise is not None) != (self.method in self.STOCHASTIC):
+        if (self.noise is not None or self.pending is not None) != (self.method in self.STOCHASTIC) or \
+                (self.noise is not None and self.pending is not None):
             raise ValueError("inversion: edit-friendly inversions carry noise maps, DDIM inversions none")
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise ValueError(f"inversion: guidance must be a number, got {self.guidance!r}")
@@ -62,6 +70,18 @@ class Inversion:
     def __deepcopy__(self, memo):
         # Immutable: ComfyUI deep-copies model options on every clone; share, don't copy.
         return self
+
+    def resolved(self) -> "Inversion":
+        """The complete inversion: this one, or a pending one's once its model calls have run."""
+        return self if self.pending is None else self.pending.resolve()
+
+    def shares_calls_with(self, other: "Inversion") -> bool:
+        """Whether both wait on the same model calls (one Invert Pair: one prompt and guidance)."""
+        return self.pending is not None and other.pending is not None and self.pending.job is other.pending.job
+
+    def known_guidance(self) -> Optional[float]:
+        """The guidance its model calls got (a pending inversion's runs them if none has run yet)."""
+        return self.guidance if self.pending is None else self.pending.guidance()
 
     @property
     def steps(self) -> int:
@@ -85,6 +105,8 @@ class Inversion:
 
     def to_tensors(self):
         """(tensors, metadata) for a safetensors file: no code, only arrays and strings."""
+        if self.pending is not None:
+            return self.resolved().to_tensors()
         tensors = {"sigmas": self.sigmas.contiguous(), "trajectory": self.trajectory.contiguous()}
         if self.noise is not None:
             tensors["noise"] = self.noise.contiguous()
@@ -122,9 +144,9 @@ class Inversion:
         if self.method != other.method:
             raise ValueError(f"{name} was inverted with {self.method.upper()} but {other_name} with "
                              f"{other.method.upper()}: use the same Invert node for both")
-        if self.guidance != other.guidance:
-            raise ValueError(f"{name} was inverted with guidance {self.guidance} but {other_name} with "
-                             f"{other.guidance}: invert both with one prompt (FluxGuidance)")
+        if not self.shares_calls_with(other) and self.known_guidance() != other.known_guidance():
+            raise ValueError(f"{name} was inverted with guidance {self.known_guidance()} but {other_name} with "
+                             f"{other.known_guidance()}: invert both with one prompt (FluxGuidance)")
         if self.trajectory.shape[2] != other.trajectory.shape[2]:  # sizes may differ, channels not
             raise ValueError(f"{name} latent has {self.trajectory.shape[2]} channels but {other_name} latent "
                              f"{other.trajectory.shape[2]}: use latents of the same VAE")

@@ -119,6 +119,10 @@ class SamplerRows:
         """The sampler batch from its parts; `structures` is ignored when the batch has none."""
         return torch.cat([outputs, pack(appearances, tuple(self.row_shape)), structures[:self.structures]])
 
+    def put_appearances(self, x: torch.Tensor, appearances: torch.Tensor) -> None:
+        """Set the appearance rows of the sampler batch x (in place) to `appearances`."""
+        x[self.outputs:self.outputs + self.appearance_rows] = pack(appearances, tuple(self.row_shape))
+
     def split(self, x: torch.Tensor) -> tuple:
         """(outputs, appearances at their own shape, structures) of a sampler batch."""
         n, a = self.outputs, self.appearance_rows

@@ -3,12 +3,13 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..core.edit_friendly import edit_friendly_invert
+from ..core.edit_friendly import draws, edit_friendly_invert
 from ..core.inversion import Inversion
 from .inputs import numbers
 from .invert_ddim import inversion_inputs, inversion_outputs
 from .sampling.identity import model_key
-from .sampling.runner import run_inversion
+from .sampling.deferred import DeferredInversions, Pending
+from .sampling.runner import model_latents, require_negative, run_inversion
 from .sockets import ADVANCED, CATEGORY, FIXED_SEED, io
 
 
@@ -46,6 +47,26 @@ class CrossImageInvertDDPM(io.ComfyNode):
         """[(Inversion, noisy LATENT)] of each of `latents` ({input name: LATENT}), those of one
         shape in the same model calls (sampling/runner.run_inversion). Each latent draws its
         noise from its own generator seeded with `seed`: inverted together or apart, the same."""
+        run, _ = cls.inverter(model, positive, steps, scheduler, cfg, skip, seed, negative)
+        return run(latents)
+
+    @classmethod
+    def defer(cls, model, latents, positive, steps, scheduler, cfg, skip, seed, negative=None) -> list:
+        """The Inversions of `latents` as `invert` makes them, pending: their model calls run
+        when a node first needs them (sampling/deferred.py). Bad inputs are refused now."""
+        run, (sigmas, method, key, cfg) = cls.inverter(model, positive, steps, scheduler, cfg, skip, seed, negative)
+        require_negative(negative, cfg)
+        job = DeferredInversions(lambda names: {name: inversion for name, (inversion, _) in
+                                                zip(names, run({name: latents[name] for name in names}))},
+                                 latents, (positive, negative, cfg))
+        return [Inversion(sigmas=sigmas, trajectory=torch.stack(draws(clean, sigmas, fresh_draws(seed, sigmas, clean),
+                                                                      method)),
+                          model_key=key, method=method, pending=Pending(job, name))
+                for name, clean in zip(latents, model_latents(model, latents))]
+
+    @classmethod
+    def inverter(cls, model, positive, steps, scheduler, cfg, skip, seed, negative):
+        """(run, (sigmas, method, model key, cfg)): run(latents) gives [(Inversion, noisy LATENT)]."""
         (cfg,) = numbers(cls, cfg=cfg)
         sampling = model.get_model_object("model_sampling")
         schedule = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
@@ -54,7 +75,6 @@ class CrossImageInvertDDPM(io.ComfyNode):
             raise ValueError(f"skip: must be less than the {schedule.shape[0] - 1} steps the {scheduler} scheduler "
                              f"gives for steps={steps}, got {skip}")
         sigmas = schedule[skip:]
-        steps = sigmas.shape[0] - 1
 
         # on a flow (Flux, ...) the analogue for ComfyUI's euler_ancestral step (core/edit_friendly.py)
         flow = isinstance(sampling, comfy.model_sampling.CONST)
@@ -64,11 +84,18 @@ class CrossImageInvertDDPM(io.ComfyNode):
         method = "flow" if flow else "ddpm"
 
         def invert(denoise, parts, report):
-            fresh = torch.cat([torch.randn((steps,) + tuple(part.shape), generator=torch.Generator().manual_seed(seed))
-                               for part in parts], dim=1)
+            fresh = torch.cat([fresh_draws(seed, sigmas, part) for part in parts], dim=1)
             return edit_friendly_invert(denoise, torch.cat(parts), sigmas, fresh.to(parts[0]), report, method)
         key = model_key(model)
-        return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method=method, noise=noise,
-                           guidance=guidance), noisy)
-                for trajectory, noise, noisy, guidance in run_inversion(model, latents, positive, negative, cfg,
-                                                                        sigmas, invert)]
+
+        def run(latents):
+            return [(Inversion(sigmas=sigmas, trajectory=trajectory, model_key=key, method=method, noise=noise,
+                               guidance=guidance), noisy)
+                    for trajectory, noise, noisy, guidance in run_inversion(model, latents, positive, negative, cfg,
+                                                                            sigmas, invert)]
+        return run, (sigmas, method, key, cfg)
+
+
+def fresh_draws(seed: int, sigmas: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The standard normal draws of a latent's steps, from its own generator seeded with `seed`."""
+    return torch.randn((sigmas.shape[0] - 1,) + tuple(clean.shape), generator=torch.Generator().manual_seed(seed))

@@ -49,6 +49,6 @@ class CrossImageInvertPairDDPM(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, structure, appearance, positive, steps, scheduler, cfg, skip, seed, negative=None):
-        pair = CrossImageInvertDDPM.invert(model, {"structure": structure, "appearance": appearance}, positive,
-                                           steps, scheduler, cfg, skip, seed, negative)
-        return io.NodeOutput(*(inversion for inversion, _ in pair))
+        # the model calls wait for the node that needs them (sampling/deferred.py)
+        return io.NodeOutput(*CrossImageInvertDDPM.defer(model, {"structure": structure, "appearance": appearance},
+                                                         positive, steps, scheduler, cfg, skip, seed, negative))

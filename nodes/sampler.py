@@ -5,8 +5,10 @@ import comfy.samplers
 from ..core.schedule import step_range
 from ..core.settings import GuidanceSettings, LatentAdaINSettings
 from .inputs import numbers, require_inversion, require_settings, require_steps
-from .sampling.runner import make_guider, run_sampler
-from .sampling.transfer import noise_replay, sampler_rows, start_latents, transfer_guider, transfer_settings
+from .sampling.deferred import settle
+from .sampling.runner import make_guider, require_negative, run_sampler
+from .sampling.transfer import (appearance_draws, noise_replay, sampler_rows, start_latents, transfer_guider,
+                                transfer_settings)
 from .sockets import CATEGORY, GuidanceSocket, InversionSocket, LatentAdaINSocket, io
 
 # The samplers that land back on an inversion's latents, one model call per step (what the
@@ -78,16 +80,23 @@ class CrossImageSampler(io.ComfyNode):
             if extra is not None and transfer is None:
                 raise ValueError(f"{name}: needs a model from Cross-Image Attention (it works on the appearance "
                                  "latent)")
+        if transfer is not None:
+            require_transfer(transfer, structure, positive, negative, guidance, latent_adain)
+        require_negative(negative, cfg)
+        # Invert Pair's model calls run now, the appearance's only where its rows cannot follow their draws
+        structure, appearances, follow = settle(structure, [] if transfer is None else transfer.appearances,
+                                                positive, negative, cfg)
         rows = sampler_rows(structure, transfer)
         guider_class = comfy.samplers.CFGGuider
         if transfer is not None:
-            require_transfer(transfer, structure, positive, negative, guidance, latent_adain)
-            guider_class = transfer_guider(model, transfer, rows, structure, guidance, latent_adain)
+            guider_class = transfer_guider(model, transfer, rows, structure, guidance, latent_adain,
+                                           appearance_draws(appearances) if follow else None)
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
         if structure.noise is not None:
-            sampler = comfy.samplers.ksampler(sampler_name, {"noise_sampler": noise_replay(rows, structure, transfer)})
-        samples = run_sampler(guider, sampler, structure.sigmas, start_latents(rows, structure, transfer))
+            sampler = comfy.samplers.ksampler(sampler_name, {"noise_sampler": noise_replay(rows, structure,
+                                                                                           appearances, follow)})
+        samples = run_sampler(guider, sampler, structure.sigmas, start_latents(rows, structure, appearances))
         return io.NodeOutput({"samples": samples[:structure.batch_size]})
 
 

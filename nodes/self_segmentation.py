@@ -50,7 +50,7 @@ class CrossImageSelfSegmentation(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, inversion, prompt, word, step, clusters, ratio):
         step, clusters, ratio = numbers(cls, step=step, clusters=clusters, ratio=ratio)
-        require_inversion(inversion, "inversion", model)
+        inversion = require_inversion(inversion, "inversion", model).resolved()
         if not word.strip():
             raise ValueError("word: name the object, e.g. 'animal'")
         index = min(to_step(step, inversion.steps), inversion.steps - 1)

@@ -73,7 +73,7 @@ def test_flux_inputs_that_cannot_be_honoured_are_refused(node, flux, tiny_model,
         node("CrossImageAttention").execute(model, appearance, "all", 0.0, 1.0, positions="shifted")
     lower = [[flux_cond[0][0], {**flux_cond[0][1], "guidance": 1.0}]]
     other = node("CrossImageInvertDDPM").execute(model, latent(9), lower, 10, "simple", 1.0, 2, 0)[0]
-    assert other.guidance == 1.0 and structure.guidance == 3.5
+    assert other.guidance == 1.0 and structure.known_guidance() == 3.5
     (patched_other,) = node("CrossImageAttention").execute(model, other, "all", 0.0, 1.0)
     with pytest.raises(ValueError, match="structure was inverted with guidance 3.5 but appearance with 1.0"):
         node("CrossImageSampler").execute(patched_other, flux_cond, structure, "euler_ancestral", 1.0)

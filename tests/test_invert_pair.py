@@ -29,6 +29,11 @@ def single_and_pair(node, model, method, structure, appearance, *inputs):
     single_calls = list(counted.evaluations)
     counted.evaluations.clear()
     pair = node(f"CrossImageInvertPair{method}").execute(counted, structure, appearance, *inputs)
+    if method == "DDPM":  # the calls wait for a node that needs them (resolved: both in the same calls)
+        assert counted.evaluations == [] and all(inversion.pending is not None for inversion in pair)
+        for draws, one in zip(pair, singles):  # what they are known to land on: the draws, then the clean latent
+            torch.testing.assert_close(draws.trajectory[:-1], one.trajectory[:-1], rtol=1e-4, atol=1e-4)
+        pair = [pair[1].resolved(), pair[0].resolved()][::-1]
     return singles, single_calls, list(pair), list(counted.evaluations)
 
 

@@ -78,6 +78,7 @@ def paper_run(node, world):
     model = node_graph.counting(world["model"])
     structure, appearance = node_graph.invert_pair(node, model, world["structure"], world["appearance"],
                                                    world["cond"], world["uncond"], PAPER, PAIR_SEED)
+    structure.resolved()  # the pair's calls, which the sampler would run (in the same calls), counted apart
     inversion = list(model.evaluations)
     masks = segmented(node, world, structure), segmented(node, world, appearance)
     node_output(node, {**world, "model": model}, PAPER, masks, (appearance, structure))

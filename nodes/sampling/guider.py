@@ -23,7 +23,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     the model's adapter (architecture.py), which names sites that did not run; regions: the
     transfer's core.regions.RegionMaps or None; adain_masks: latent AdaIN's masks at latent
     size (structure, appearance) without regions; inversion_guidance: the embedded guidance the
-    inversions were made with (control.py), or None.
+    inversions were made with (control.py), or None; appearance_draws: (steps + 1, appearances,
+    C, h, w) where the appearances follow their draws (deferred.py): their rows are put there
+    before every call, or None where they replay their noise maps.
 
     Latent AdaIN: ComfyUI's samplers have no hook between steps, so the match after a step is
     applied, in place, to the latent handed to the next model call (the sampler continues from
@@ -31,11 +33,11 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     samplers sampler.RETRACING allows)."""
 
     def __init__(self, model_patcher, transfer, architecture, rows, guidance=None, latent_adain=None, regions=None,
-                 adain_masks=(None, None), inversion_guidance=None):
+                 adain_masks=(None, None), inversion_guidance=None, appearance_draws=None):
         super().__init__(model_patcher)
         self.transfer, self.architecture, self.rows = transfer, architecture, rows
         self.guidance, self.latent_adain, self.regions, self.adain_masks = guidance, latent_adain, regions, adain_masks
-        self.inversion_guidance = inversion_guidance
+        self.inversion_guidance, self.appearance_draws = inversion_guidance, appearance_draws
         self.steps, self.appearance_conds, self.steered = None, None, False
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
@@ -78,6 +80,8 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         schedule = model_options["transformer_options"]["sample_sigmas"]
         index = step_index(schedule, float(timestep.max()))
+        if self.appearance_draws is not None:  # where the replayed step would land, to round-off
+            self.rows.put_appearances(x, self.appearance_draws[index].to(x))
         if index > 0:
             self.match_appearance(x, index - 1, float(schedule[index]))
         free = comfy.model_management.get_free_memory(x.device)

@@ -10,15 +10,19 @@ import torch
 
 def make_guider(model, positive, negative, cfg: float, guider_class=comfy.samplers.CFGGuider):
     """A CFGGuider (or subclass); `negative` may be None only when cfg is 1 (no unconditional pass)."""
+    require_negative(negative, cfg)
     conds = {"positive": positive}
     if negative is not None:
         conds["negative"] = negative
-    elif cfg != 1.0:
-        raise ValueError(f"negative: a negative conditioning is required when cfg is {cfg} (not 1.0)")
     guider = guider_class(model)
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
     return guider
+
+
+def require_negative(negative, cfg: float) -> None:
+    if negative is None and cfg != 1.0:
+        raise ValueError(f"negative: a negative conditioning is required when cfg is {cfg} (not 1.0)")
 
 
 def run_sampler(guider, sampler, sigmas: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -60,6 +64,21 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
     Returns (trajectory, noise, noisy LATENT, the embedded guidance its model calls got or
     None) for each latent, the tensors on ComfyUI's intermediate device. latents: {input name:
     LATENT}, the names for errors."""
+    cleans = model_latents(model, latents)
+    results = [None] * len(cleans)
+    for shape in dict.fromkeys(tuple(clean.shape[1:]) for clean in cleans):
+        members = [i for i, clean in enumerate(cleans) if tuple(clean.shape[1:]) == shape]
+        parts = [cleans[i] for i in members]
+        trajectory, noise, noisy, guidance = invert_batch(model, parts, positive, negative, cfg, schedule, invert)
+        sizes = [len(part) for part in parts]
+        for i, t, z, x in zip(members, trajectory.split(sizes, 1), split_or_none(noise, sizes), noisy.split(sizes)):
+            results[i] = t, z, {"samples": x}, guidance
+    return results
+
+
+def model_latents(model, latents: dict) -> list:
+    """The VAE latents {input name: LATENT} in model space (process_latent_in), float32; refuses
+    what an inversion cannot take, naming the input."""
     cleans = []
     for name, latent in latents.items():
         if latent.get("noise_mask") is not None:
@@ -72,15 +91,7 @@ def run_inversion(model, latents: dict, positive, negative, cfg: float, schedule
             raise ValueError(f"{name}: expected an image latent (batch, channels, height, width), got shape "
                              f"{tuple(samples.shape)}")
         cleans.append(model.model.process_latent_in(samples.float()))
-    results = [None] * len(cleans)
-    for shape in dict.fromkeys(tuple(clean.shape[1:]) for clean in cleans):
-        members = [i for i, clean in enumerate(cleans) if tuple(clean.shape[1:]) == shape]
-        parts = [cleans[i] for i in members]
-        trajectory, noise, noisy, guidance = invert_batch(model, parts, positive, negative, cfg, schedule, invert)
-        sizes = [len(part) for part in parts]
-        for i, t, z, x in zip(members, trajectory.split(sizes, 1), split_or_none(noise, sizes), noisy.split(sizes)):
-            results[i] = t, z, {"samples": x}, guidance
-    return results
+    return cleans
 
 
 def split_or_none(t, sizes):

@@ -30,20 +30,30 @@ def sampler_rows(structure, transfer) -> SamplerRows:
                        tuple(transfer.appearance.trajectory.shape[2:]))
 
 
-def start_latents(rows: SamplerRows, structure, transfer) -> torch.Tensor:
+def start_latents(rows: SamplerRows, structure, appearances: list) -> torch.Tensor:
     """The sampler's start: the outputs and the structures at the structure's noise, the
     appearances at their own."""
-    appearances = [] if transfer is None else transfer.appearances
     noisy = torch.cat([a.noisy for a in appearances]) if appearances else structure.noisy[:0]
     return rows.join(structure.noisy, noisy, structure.noisy)
 
 
-def noise_replay(rows: SamplerRows, structure, transfer):
+def appearance_draws(appearances: list) -> torch.Tensor:
+    """(steps + 1, appearances, C, h, w): the latents the appearances' rows are put on, step by
+    step, where they follow their draws (deferred.py)."""
+    return torch.cat([a.trajectory for a in appearances], dim=1)
+
+
+def noise_replay(rows: SamplerRows, structure, appearances: list, follow: bool):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does,
-    packed as the batch is (core/packing.py: zero on the padding)."""
-    appearances = [] if transfer is None else transfer.appearances
-    appearance_noise = torch.cat([a.noise for a in appearances], dim=1) if appearances else structure.noise[:, :0]
+    packed as the batch is (core/packing.py: zero on the padding). Appearances that follow
+    their draws get none: the guider puts their rows on the next draw."""
+    if not appearances:
+        appearance_noise = structure.noise[:, :0]
+    elif follow:
+        appearance_noise = torch.zeros_like(appearance_draws(appearances)[1:])
+    else:
+        appearance_noise = torch.cat([a.noise for a in appearances], dim=1)
     noise = torch.stack([rows.join(structure.noise[i], appearance_noise[i], structure.noise[i])
                          for i in range(structure.steps)])
     schedule = structure.sigmas
@@ -53,10 +63,10 @@ def noise_replay(rows: SamplerRows, structure, transfer):
     return replay
 
 
-def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, latent_adain):
+def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, latent_adain, draws=None):
     """A guider factory (patcher -> CrossImageGuider) for a patched MODEL: checks that the patch
     is still whole and runs exactly, and puts the regions and latent AdaIN's masks at the
-    latents' sizes."""
+    latents' sizes; draws: appearance_draws where the appearances follow them, else None."""
     architecture = architecture_of(model)
     architecture.require_intact(model, transfer.sites)
     require_exact_when_compiled(model)
@@ -66,7 +76,7 @@ def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, lat
         adain_masks = (latent_mask(latent_adain.structure_mask, structure.clean, "structure_mask"),
                        latent_mask(latent_adain.appearance_mask, transfer.appearance.clean, "appearance_mask"))
     return lambda patcher: CrossImageGuider(patcher, transfer, architecture, rows, guidance, latent_adain, regions,
-                                            adain_masks, structure.guidance)
+                                            adain_masks, structure.guidance, draws)
 
 
 def sampling_regions(architecture, transfer, structure, latent_adain):
