@@ -17,7 +17,8 @@ The model has random weights (speed does not depend on them), the transfer the p
 method: an edit-friendly flow inversion of both images by Invert Pair, the `auto` levels (Stable
 Flow's vital blocks on Flux-dev, the late half of the blocks elsewhere), contrast, structure
 injection, appearance guidance, latent AdaIN, attenuated positions where the model has RoPE, and
-classifier-free guidance with a negative prompt on the families that use it."""
+classifier-free guidance with a negative prompt on the families that use it, in the inversion
+and the sampling alike (as the shipped workflows: the appearance then follows its draws)."""
 import dataclasses
 import os
 import statistics
@@ -115,6 +116,7 @@ def measure_dit(args):
     s = DiTSettings(sigmas=sigmas, sigma_floor=float(sampling.sigma_min), inversion="flow",
                     skip=round(steps * 6 / 28), blocks=blocks, contrast=1.67, structure_every=5,
                     positions="attenuated" if family.rotary else None, cfg=family.cfg,
+                    inversion_cfg=family.cfg,
                     embedded_guidance=family.embedded, inversion_guidance=family.embedded)
     n = steps - s.skip
     s.swap_from, s.structure_until, s.adain_from = round(0.15 * n), round(0.59 * n), round(0.29 * n)
