@@ -67,6 +67,17 @@ def draws(clean: torch.Tensor, sigmas: torch.Tensor, fresh: torch.Tensor, method
     return [draw(clean, float(sigmas[i]), fresh[i].to(clean)) for i in range(sigmas.shape[0] - 1)] + [clean]
 
 
+def noise_map(step, x: torch.Tensor, x_next: torch.Tensor, denoised: torch.Tensor, sigma: float,
+              sigma_next: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(z, where the sampler's step with it lands): z = (x_next - mean) / std of the sampler's
+    `step` from x with the model's `denoised`; zero for the last step (std 0, landing on the mean)."""
+    mean, std = step(x, denoised, sigma, sigma_next)
+    if std > 0:
+        z = (x_next - mean) / std
+        return z, mean + std * z
+    return torch.zeros_like(mean), mean
+
+
 def edit_friendly_invert(denoise: Denoiser, clean: torch.Tensor, sigmas: torch.Tensor, fresh: torch.Tensor,
                          callback=None, method: str = "ddpm") -> Tuple[torch.Tensor, torch.Tensor]:
     """Trajectory (len(sigmas), *clean.shape) and noise maps (len(sigmas) - 1, *clean.shape)
@@ -79,12 +90,7 @@ def edit_friendly_invert(denoise: Denoiser, clean: torch.Tensor, sigmas: torch.T
     trajectory, noise = [samples[0]], []
     for i in range(n):
         denoised = denoise(samples[i], float(sigmas[i]))
-        mean, std = step(samples[i], denoised, float(sigmas[i]), float(sigmas[i + 1]))
-        if std > 0:
-            z = (samples[i + 1] - mean) / std
-            x_next = mean + std * z
-        else:
-            z, x_next = torch.zeros_like(mean), mean
+        z, x_next = noise_map(step, samples[i], samples[i + 1], denoised, float(sigmas[i]), float(sigmas[i + 1]))
         noise.append(z)
         trajectory.append(x_next)
         if callback is not None:

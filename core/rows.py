@@ -119,9 +119,11 @@ class SamplerRows:
         """The sampler batch from its parts; `structures` is ignored when the batch has none."""
         return torch.cat([outputs, pack(appearances, tuple(self.row_shape)), structures[:self.structures]])
 
-    def put_appearances(self, x: torch.Tensor, appearances: torch.Tensor) -> None:
-        """Set the appearance rows of the sampler batch x (in place) to `appearances`."""
-        x[self.outputs:self.outputs + self.appearance_rows] = pack(appearances, tuple(self.row_shape))
+    def put(self, x: torch.Tensor, appearances: torch.Tensor, structures: torch.Tensor) -> None:
+        """Set the appearance and structure rows of the sampler batch x (in place)."""
+        start = self.outputs + self.appearance_rows
+        x[self.outputs:start] = pack(appearances, tuple(self.row_shape))
+        x[start:] = structures[:self.structures]
 
     def split(self, x: torch.Tensor) -> tuple:
         """(outputs, appearances at their own shape, structures) of a sampler batch."""

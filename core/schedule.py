@@ -36,13 +36,16 @@ class Steps:
     guidance:   per step, the appearance guidance scale s_i, or None (core/guidance.py);
     adain:      the steps after which the output latents take the appearances' statistics;
     diverge:    the first step at which the outputs may differ from the structures (they start
-                alike and follow the same model until something acts on the outputs alone)."""
+                alike and follow the same model until something acts on the outputs alone);
+    inverting:  whether the structure rows' predictions give the outputs' noise maps (the
+                structure inverted in the sampling calls, nodes/sampling/deferred.py)."""
     count: int
     swap: range
     injection: frozenset
     guidance: tuple
     adain: range
     diverge: int
+    inverting: bool = False
 
     @property
     def last_injection(self) -> int:
@@ -50,14 +53,16 @@ class Steps:
 
     def needs_structures(self, index: int) -> bool:
         """Whether step `index` must run the structure rows: while they equal the outputs they
-        take the outputs' prediction, and after the last injection step nothing reads them."""
-        return self.diverge <= index <= self.last_injection
+        take the outputs' prediction; after the last injection step nothing reads them, unless
+        they give the noise maps (every step but the last, which has none)."""
+        return self.diverge <= index <= max(self.last_injection, self.count - 2 if self.inverting else -1)
 
 
 def transfer_steps(count: int, transfer: TransferSettings, guidance: Optional[GuidanceSettings] = None,
-                   latent_adain: Optional[LatentAdaINSettings] = None, outputs_steered: bool = False) -> Steps:
+                   latent_adain: Optional[LatentAdaINSettings] = None, outputs_steered: bool = False,
+                   inverting: bool = False) -> Steps:
     """The Steps of a transfer over `count` sampled steps. outputs_steered: something acts on the
-    output rows from the first step (a ControlNet on the prompt)."""
+    output rows from the first step (a ControlNet on the prompt); inverting: see Steps."""
     swap = step_range(transfer.start, transfer.end, count)
     every, until = transfer.structure_every, to_step(transfer.structure_until, count)
     injection = frozenset(i for i in swap if every > 0 and i % every == 0 and i < until)
@@ -66,4 +71,4 @@ def transfer_steps(count: int, transfer: TransferSettings, guidance: Optional[Gu
                    for i in range(count))
     adain = step_range(latent_adain.start, latent_adain.end, count) if latent_adain is not None else range(0)
     diverge = 0 if outputs_steered else min(swap.start if swap else count, adain.start + 1 if adain else count)
-    return Steps(count, swap, injection, scales, adain, diverge)
+    return Steps(count, swap, injection, scales, adain, diverge, inverting)

@@ -2,13 +2,13 @@
 the appearance latent alongside it in the same batch so the patched attention can see it."""
 import comfy.samplers
 
+from ..core.inversion import Inversion
 from ..core.schedule import step_range
 from ..core.settings import GuidanceSettings, LatentAdaINSettings
 from .inputs import numbers, require_inversion, require_settings, require_steps
 from .sampling.deferred import settle
 from .sampling.runner import make_guider, require_negative, run_sampler
-from .sampling.transfer import (appearance_draws, noise_replay, sampler_rows, start_latents, transfer_guider,
-                                transfer_settings)
+from .sampling.transfer import noise_replay, sampler_rows, start_latents, transfer_guider, transfer_settings
 from .sockets import CATEGORY, GuidanceSocket, InversionSocket, LatentAdaINSocket, io
 
 # The samplers that land back on an inversion's latents, one model call per step (what the
@@ -83,19 +83,18 @@ class CrossImageSampler(io.ComfyNode):
         if transfer is not None:
             require_transfer(transfer, structure, positive, negative, guidance, latent_adain)
         require_negative(negative, cfg)
-        # Invert Pair's model calls run now, the appearance's only where its rows cannot follow their draws
-        structure, appearances, follow = settle(structure, [] if transfer is None else transfer.appearances,
-                                                positive, negative, cfg)
-        rows = sampler_rows(structure, transfer)
+        # Invert Pair's model calls: run now, or in the sampling calls where they are the same (deferred.py)
+        structure, appearances, drawn = settle(structure, [] if transfer is None else transfer.appearances,
+                                               positive, negative, cfg)
+        rows = sampler_rows(structure, transfer, drawn is not None)
         guider_class = comfy.samplers.CFGGuider
         if transfer is not None:
-            guider_class = transfer_guider(model, transfer, rows, structure, guidance, latent_adain,
-                                           appearance_draws(appearances) if follow else None)
+            guider_class = transfer_guider(model, transfer, rows, structure, guidance, latent_adain, drawn)
         guider = make_guider(model, positive, negative, cfg, guider_class)
         sampler = comfy.samplers.sampler_object(sampler_name)
-        if structure.noise is not None:
+        if structure.method in Inversion.STOCHASTIC:
             sampler = comfy.samplers.ksampler(sampler_name, {"noise_sampler": noise_replay(rows, structure,
-                                                                                           appearances, follow)})
+                                                                                           appearances, drawn)})
         samples = run_sampler(guider, sampler, structure.sigmas, start_latents(rows, structure, appearances))
         return io.NodeOutput({"samples": samples[:structure.batch_size]})
 

@@ -1,8 +1,9 @@
 """Invert Pair's edit-friendly inversions wait for the node that needs them
-(nodes/sampling/deferred.py): the Cross-Image Sampler puts the appearance's rows on their draws
-where its calls are the inversion's (same prompt, negative prompt, CFG), saving the appearance's
-inversion calls, and otherwise inverts both in the same calls first. Either way the transfer is
-the one of two eager Invert nodes, to float round-off."""
+(nodes/sampling/deferred.py): where the Cross-Image Sampler's calls are the inversion's (same
+prompt, negative prompt, CFG) it makes them in its own calls, the appearance and structure rows
+on their draws and the outputs' noise maps from the structure rows' predictions; otherwise it
+inverts both in the same calls first. Either way the transfer is the one of two eager Invert
+nodes, to float round-off."""
 import pytest
 import torch
 
@@ -62,22 +63,26 @@ def run(node, world, pair, cfg=1.0, negative=None, sampler_prompt=None):
 
 
 @pytest.mark.parametrize("world", list(FAMILIES), indirect=True)
-def test_the_appearance_follows_its_draws_where_the_calls_match(node, world, monkeypatch, pack):
-    """Sampled as inverted: the pair's appearance rows on their draws give the transfer of two
-    eager Invert nodes (appearance replaying its noise maps) to round-off, without the
-    appearance's inversion calls: one batch item a step fewer."""
-    followed, calls = run(node, world, pair=True)
+def test_the_inversions_are_made_in_the_sampling_calls_where_they_match(node, world, monkeypatch, pack):
+    """Sampled as inverted: no call for the inversions, one a sampling step, and the transfer of
+    two eager Invert nodes (the rows replaying their noise maps) to round-off."""
+    drawn, calls = run(node, world, pair=True)
     eager, eager_calls = run(node, world, pair=False)
     n = STEPS - SKIP
-    assert eager_calls[:2 * n] == [1] * 2 * n  # two Invert nodes
-    assert calls[:n] == [1] * n and calls[n:] == eager_calls[2 * n:]  # the structure's inversion, the same sampling
+    assert eager_calls[:2 * n] == [1] * 2 * n and len(eager_calls) == 3 * n  # two Invert nodes, then sampling
+    assert len(calls) == n and sum(calls) < sum(eager_calls) - n  # the sampling calls alone
     tolerance = 1e-4
-    torch.testing.assert_close(followed, eager, rtol=tolerance, atol=tolerance)
-    # sensitivity: the appearance a step off its draws moves the output far past the tolerance
-    draws = pack.nodes.sampler.appearance_draws
-    monkeypatch.setattr(pack.nodes.sampler, "appearance_draws", lambda a: torch.roll(draws(a), 1, dims=0))
-    off, _ = run(node, world, pair=True)
-    assert float((off - eager).abs().max()) > 100 * tolerance
+    torch.testing.assert_close(drawn, eager, rtol=tolerance, atol=tolerance)
+    # sensitivity: the appearance's draws, or the structure's (their rows and the noise maps), a
+    # step off move the output far past the tolerance
+    made = pack.nodes.sampling.deferred.DrawnRows.__init__
+    for part in ("appearances", "structures"):
+        def shifted(self, *args):
+            made(self, *args)
+            setattr(self, part, torch.roll(getattr(self, part), 1, dims=0))
+        monkeypatch.setattr(pack.nodes.sampling.deferred.DrawnRows, "__init__", shifted)
+        off, _ = run(node, world, pair=True)
+        assert float((off - eager).abs().max()) > 100 * tolerance, part
 
 
 @pytest.mark.parametrize("world", list(FAMILIES), indirect=True)

@@ -1,18 +1,21 @@
 """Invert Pair's edit-friendly inversions, made when a node first needs them, so that the
-Cross-Image Sampler can do without the appearance's model calls.
+Cross-Image Sampler can make them in its own model calls.
 
 The latents of an edit-friendly inversion are independent draws (core/edit_friendly.py), known
 before any model call; the calls only give the noise maps that make a sampler's step from each
-draw land on the next. The sampler needs the structure's (the outputs replay them). It does not
-need the appearance's where its own call on the appearance row is the inversion's call: the
-same draw (at the start, and after every step it lands on), sigma, prompt, negative prompt, CFG
-and embedded guidance. The replayed step then lands on the next draw (to float round-off), so
-putting the appearance row on its draws is the same sampling, one batch item a step cheaper.
-Otherwise both latents are inverted together, in the same model calls, before sampling, as
-Invert Pair would have done at once."""
+draw land on the next. Where the sampler's call on a row at its draw is the inversion's call
+(the same draw, sigma, prompt, negative prompt, CFG and embedded guidance), the two are one:
+the sampler puts the appearance and structure rows on their draws before every call (where a
+replayed step lands, to float round-off), and the structure rows' predictions give the noise
+map each output replays (eq. 6-7 of the edit-friendly paper, in the same call). No call is
+spent on the inversions: one call a sampling step in all, the structure rows riding in it from
+the first step where the outputs differ from them. Otherwise both latents are inverted
+together, in the same model calls, before sampling, as Invert Pair would have done at once."""
 from dataclasses import dataclass
 
 import torch
+
+from ...core.edit_friendly import PROCESSES, noise_map
 
 
 class DeferredInversions:
@@ -59,16 +62,48 @@ class Pending:
 
 
 def settle(structure, appearances: list, positive, negative, cfg: float) -> tuple:
-    """(structure, appearances, follow) for a Cross-Image Sampler with this prompt, negative
-    prompt and CFG: the structure complete, and the appearances complete or, with `follow`,
-    still pending, their rows to be put on their draws at every step (their calls saved)."""
+    """(structure, appearances, drawn) for a Cross-Image Sampler with this prompt, negative
+    prompt and CFG: where the pair's calls are the sampler's own, the inversions still pending
+    and DrawnRows making them in the sampling calls; else complete (the structure alone where
+    no appearance is its pair's) and None."""
     job = structure.pending.job if structure.pending is not None else None
     if job is None:
-        return structure, [appearance.resolved() for appearance in appearances], False
+        return structure, [appearance.resolved() for appearance in appearances], None
     shared = [appearance.shares_calls_with(structure) for appearance in appearances]
-    follow = bool(appearances) and all(shared) and job.called_as(positive, negative, cfg)
-    structure = job.inversion(structure.pending.name, alone=follow or not any(shared))
-    return structure, appearances if follow else [appearance.resolved() for appearance in appearances], follow
+    if appearances and all(shared) and job.called_as(positive, negative, cfg):
+        return structure, appearances, DrawnRows(structure, appearances)
+    structure = job.inversion(structure.pending.name, alone=not any(shared))
+    return structure, [appearance.resolved() for appearance in appearances], None
+
+
+class DrawnRows:
+    """The pending inversions of a transfer made in its sampling calls: the appearance and
+    structure rows put on their draws before each call, the outputs' noise maps from the
+    structure rows' predictions of the same call."""
+
+    def __init__(self, structure, appearances: list):
+        self.structures, self.sigmas = structure.trajectory, structure.sigmas
+        self.appearances = torch.cat([appearance.trajectory for appearance in appearances], dim=1)
+        self.step = PROCESSES[structure.method][1]
+        self.predicted = {}
+
+    def place(self, rows, x: torch.Tensor, index: int) -> None:
+        """Put the appearance and structure rows of the sampler batch x (in place) on step `index`'s draws."""
+        rows.put(x, self.appearances[index].to(x), self.structures[index].to(x))
+
+    def note(self, index: int, structures: torch.Tensor) -> None:
+        """The structure rows' prediction (denoised) at step `index`."""
+        self.predicted = {index: structures}
+
+    def output_noise(self, index: int) -> torch.Tensor:
+        """The noise map the outputs replay at step `index`: the one the structure's inversion gives."""
+        if index not in self.predicted:
+            raise RuntimeError(f"sampler_name: the sampler asked for the noise of step {index} before its model "
+                               "call; use a sampler with one model call a step")
+        denoised = self.predicted[index]
+        z, _ = noise_map(self.step, self.structures[index].to(denoised), self.structures[index + 1].to(denoised),
+                         denoised, float(self.sigmas[index]), float(self.sigmas[index + 1]))
+        return z
 
 
 def same_value(a, b) -> bool:

@@ -23,9 +23,9 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     the model's adapter (architecture.py), which names sites that did not run; regions: the
     transfer's core.regions.RegionMaps or None; adain_masks: latent AdaIN's masks at latent
     size (structure, appearance) without regions; inversion_guidance: the embedded guidance the
-    inversions were made with (control.py), or None; appearance_draws: (steps + 1, appearances,
-    C, h, w) where the appearances follow their draws (deferred.py): their rows are put there
-    before every call, or None where they replay their noise maps.
+    inversions were made with (control.py), or None; drawn: the inversions made in the
+    sampling calls (deferred.DrawnRows: the appearance and structure rows put on their draws
+    before every call, the structure rows' predictions noted for the outputs' noise), or None.
 
     Latent AdaIN: ComfyUI's samplers have no hook between steps, so the match after a step is
     applied, in place, to the latent handed to the next model call (the sampler continues from
@@ -33,11 +33,11 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     samplers sampler.RETRACING allows)."""
 
     def __init__(self, model_patcher, transfer, architecture, rows, guidance=None, latent_adain=None, regions=None,
-                 adain_masks=(None, None), inversion_guidance=None, appearance_draws=None):
+                 adain_masks=(None, None), inversion_guidance=None, drawn=None):
         super().__init__(model_patcher)
         self.transfer, self.architecture, self.rows = transfer, architecture, rows
         self.guidance, self.latent_adain, self.regions, self.adain_masks = guidance, latent_adain, regions, adain_masks
-        self.inversion_guidance, self.appearance_draws = inversion_guidance, appearance_draws
+        self.inversion_guidance, self.drawn = inversion_guidance, drawn
         self.steps, self.appearance_conds, self.steered = None, None, False
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
@@ -45,7 +45,8 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         (SDXL's size embeddings, areas and masks depend on it), and the transfer's steps decided
         (a control on the prompt steers the outputs from the first step)."""
         self.steered = any("control" in entry for entries in self.conds.values() for entry in entries)
-        self.steps = transfer_steps(sigmas.shape[0] - 1, self.transfer, self.guidance, self.latent_adain, self.steered)
+        self.steps = transfer_steps(sigmas.shape[0] - 1, self.transfer, self.guidance, self.latent_adain, self.steered,
+                                    inverting=self.drawn is not None)
         if self.rows.appearances_apart:
             conds = {name: [dict(entry) for entry in entries] for name, entries in self.conds.items()}
             appearance = noise.new_zeros((self.rows.appearances,) + tuple(self.rows.appearance_shape))
@@ -80,8 +81,8 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         schedule = model_options["transformer_options"]["sample_sigmas"]
         index = step_index(schedule, float(timestep.max()))
-        if self.appearance_draws is not None:  # where the replayed step would land, to round-off
-            self.rows.put_appearances(x, self.appearance_draws[index].to(x))
+        if self.drawn is not None:  # where the inversion's steps land (to round-off)
+            self.drawn.place(self.rows, x, index)
         if index > 0:
             self.match_appearance(x, index - 1, float(schedule[index]))
         free = comfy.model_management.get_free_memory(x.device)
@@ -98,6 +99,8 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
             appearances = in_batch
         # structures not run take the outputs' prediction (equal to theirs, or never read again)
         predicted = self.rows.join(out, appearances, ran_structures if rows.structures else out)
+        if self.drawn is not None:
+            self.drawn.note(index, self.rows.split(predicted)[2])
         if plan.guidance is not None:
             predicted[:rows.outputs] = guide(plains, out, plan.guidance)
         return predicted

@@ -19,14 +19,15 @@ def transfer_settings(model):
     return model.model_options.get("transformer_options", {}).get(SETTINGS_KEY)
 
 
-def sampler_rows(structure, transfer) -> SamplerRows:
+def sampler_rows(structure, transfer, drawn: bool = False) -> SamplerRows:
     """The batch rows of a transfer of `structure`'s latents; without Cross-Image Attention
-    (transfer None) the structures' latents alone, as outputs."""
+    (transfer None) the structures' latents alone, as outputs. The structures are rows with
+    structure injection, or `drawn`: where their predictions give the noise maps (deferred.py)."""
     shape = tuple(structure.trajectory.shape[2:])
     if transfer is None:
         return SamplerRows(structure.batch_size, 0, 0, shape, shape)
     return SamplerRows(structure.batch_size, sum(a.batch_size for a in transfer.appearances),
-                       structure.batch_size if transfer.injects_structure else 0, shape,
+                       structure.batch_size if transfer.injects_structure or drawn else 0, shape,
                        tuple(transfer.appearance.trajectory.shape[2:]))
 
 
@@ -37,36 +38,31 @@ def start_latents(rows: SamplerRows, structure, appearances: list) -> torch.Tens
     return rows.join(structure.noisy, noisy, structure.noisy)
 
 
-def appearance_draws(appearances: list) -> torch.Tensor:
-    """(steps + 1, appearances, C, h, w): the latents the appearances' rows are put on, step by
-    step, where they follow their draws (deferred.py)."""
-    return torch.cat([a.trajectory for a in appearances], dim=1)
-
-
-def noise_replay(rows: SamplerRows, structure, appearances: list, follow: bool):
+def noise_replay(rows: SamplerRows, structure, appearances: list, drawn=None):
     """A ComfyUI noise sampler that hands the DDPM sampler, at each step, every batch row's
     noise map from its inversion (outputs: the structure's), as the paper's sampling does,
-    packed as the batch is (core/packing.py: zero on the padding). Appearances that follow
-    their draws get none: the guider puts their rows on the next draw."""
-    if not appearances:
-        appearance_noise = structure.noise[:, :0]
-    elif follow:
-        appearance_noise = torch.zeros_like(appearance_draws(appearances)[1:])
-    else:
-        appearance_noise = torch.cat([a.noise for a in appearances], dim=1)
+    packed as the batch is (core/packing.py: zero on the padding). With `drawn` (deferred.py)
+    the outputs' maps come from the step's own call, and the other rows get none: the guider
+    puts them on their next draws."""
+    schedule = structure.sigmas
+    if drawn is not None:
+        def made(sigma, sigma_next):
+            z = drawn.output_noise(step_index(schedule, float(sigma)))
+            return rows.join(z, z.new_zeros(drawn.appearances.shape[1:]), torch.zeros_like(z))
+        return made
+    appearance_noise = torch.cat([a.noise for a in appearances], dim=1) if appearances else structure.noise[:, :0]
     noise = torch.stack([rows.join(structure.noise[i], appearance_noise[i], structure.noise[i])
                          for i in range(structure.steps)])
-    schedule = structure.sigmas
 
     def replay(sigma, sigma_next):
         return noise[step_index(schedule, float(sigma))].to(sigma.device)
     return replay
 
 
-def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, latent_adain, draws=None):
+def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, latent_adain, drawn=None):
     """A guider factory (patcher -> CrossImageGuider) for a patched MODEL: checks that the patch
     is still whole and runs exactly, and puts the regions and latent AdaIN's masks at the
-    latents' sizes; draws: appearance_draws where the appearances follow them, else None."""
+    latents' sizes; drawn: the inversions made in the sampling calls (deferred.py), or None."""
     architecture = architecture_of(model)
     architecture.require_intact(model, transfer.sites)
     require_exact_when_compiled(model)
@@ -76,7 +72,7 @@ def transfer_guider(model, transfer, rows: SamplerRows, structure, guidance, lat
         adain_masks = (latent_mask(latent_adain.structure_mask, structure.clean, "structure_mask"),
                        latent_mask(latent_adain.appearance_mask, transfer.appearance.clean, "appearance_mask"))
     return lambda patcher: CrossImageGuider(patcher, transfer, architecture, rows, guidance, latent_adain, regions,
-                                            adain_masks, structure.guidance, draws)
+                                            adain_masks, structure.guidance, drawn)
 
 
 def sampling_regions(architecture, transfer, structure, latent_adain):
