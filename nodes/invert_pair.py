@@ -50,8 +50,8 @@ class CrossImageInvertPairDDPM(io.ComfyNode):
         return pair_schema(CrossImageInvertDDPM.define_schema(), "CrossImageInvertPairDDPM",
                            "Invert Pair (Edit-Friendly DDPM)",
                            " The model calls run when a node needs them: sampled with this prompt, negative prompt "
-                           "and cfg, the Cross-Image Sampler needs the structure's only (the appearance latents are "
-                           "known: its rows are put on them), one image a step less.")
+                           "and cfg, the Cross-Image Sampler makes both inversions in its own calls (one call a "
+                           "step in all, the same result).")
 
     @classmethod
     def execute(cls, model, structure, appearance, positive, steps, scheduler, cfg, skip, seed, negative=None):
