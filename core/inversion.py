@@ -22,7 +22,8 @@ class Inversion:
     guidance:   the guidance value the prompt carried into the model (Flux-dev's embedded
                 guidance), which the latents' rows need to retrace it; None for other models.
     pending:    for an edit-friendly inversion whose model calls have not run yet (Invert Pair
-                leaves them to the sampler, which may not need them: nodes/sampling/deferred.py),
+                leaves them to the sampler, which may make them in its own calls:
+                nodes/sampling/deferred.py),
                 what runs them: pending.resolve() gives the complete Inversion, pending.guidance()
                 its guidance, pending.job the inversions made in the same calls. The trajectory
                 then holds the independent draws (core/edit_friendly.draws: the clean latent

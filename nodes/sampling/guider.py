@@ -100,7 +100,7 @@ class CrossImageGuider(comfy.samplers.CFGGuider):
         # structures not run take the outputs' prediction (equal to theirs, or never read again)
         predicted = self.rows.join(out, appearances, ran_structures if rows.structures else out)
         if self.drawn is not None:
-            self.drawn.note(index, self.rows.split(predicted)[2])
+            self.drawn.note(index, self.rows.split(predicted)[2].clone())
         if plan.guidance is not None:
             predicted[:rows.outputs] = guide(plains, out, plan.guidance)
         return predicted
